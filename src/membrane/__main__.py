@@ -1,0 +1,5 @@
+"""`python -m membrane` is the `membrane` command."""
+
+from membrane.cli.main import main
+
+raise SystemExit(main())

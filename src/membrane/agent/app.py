@@ -1,0 +1,208 @@
+"""The agent's composition root: builds every part from one config, starts them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any, TypeVar
+
+from membrane.datapath import netns
+from membrane.datapath.loader import Datapath
+from membrane.datapath.netlink import Netlink, write_sysctl
+from membrane.datapath.reconcile import reconcile
+from membrane.endpoint.ipam import IPAM
+from membrane.endpoint.manager import EndpointManager
+from membrane.endpoint.model import EndpointStore, write_json_atomic
+from membrane.errors import Conflict, MembraneError
+from membrane.identity import LocalIdentityAllocator
+from membrane.ipcache import desired as desired_ipcache
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ROUTER_IFNAME = "mb_host"
+DEFAULT_BPF_DIR = Path(__file__).resolve().parents[3] / "build" / "bpf"
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/membrane")
+DEFAULT_RUN_DIR = Path("/run/membrane")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    node: str
+    state_dir: Path
+    pod_cidr: IPv4Network
+    netns: str | None = None
+    bpf_dir: Path = DEFAULT_BPF_DIR
+    pin_root: Path = DEFAULT_PIN_ROOT
+    run_dir: Path = DEFAULT_RUN_DIR
+    ct_gc_interval: float = 30.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.run_dir / f"{self.node}.sock"
+
+
+class Agent:
+    """One node's agent. Kernel work runs on one thread that lives in the node's namespace."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self._dp_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dp")
+        self.lock = asyncio.Lock()
+        self.restore_stats: dict[str, int] = {}
+        self.ct_gc_removed = 0
+        self.datapath: Datapath
+        self.netlink: Netlink
+        self.ipam: IPAM
+        self.endpoints: EndpointManager
+        self.identities: LocalIdentityAllocator
+
+    # --- running kernel work -----------------------------------------------------------
+    async def run_dp(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking datapath work on the datapath thread, one change at a time."""
+        loop = asyncio.get_running_loop()
+        async with self.lock:
+            return await loop.run_in_executor(self._dp_thread, fn, *args)
+
+    # --- state -------------------------------------------------------------------------
+    def _check_node_state(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        path = cfg.state_dir / "node.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            ep_file = cfg.state_dir / "endpoints.json"
+            if saved.get("pod_cidr") != str(cfg.pod_cidr) and ep_file.exists():
+                eps = json.loads(ep_file.read_text())["endpoints"]
+                if eps:
+                    raise Conflict(
+                        f"node {cfg.node} has {len(eps)} endpoints in pod CIDR "
+                        f"{saved.get('pod_cidr')}; --pod-cidr {cfg.pod_cidr} differs: delete them "
+                        "first or keep the CIDR"
+                    )
+        write_json_atomic(path, {"node": cfg.node, "pod_cidr": str(cfg.pod_cidr)})
+
+    def _load_identities(self) -> LocalIdentityAllocator:
+        path = self.config.state_dir / "identities.json"
+        if path.exists():
+            return LocalIdentityAllocator.restore(json.loads(path.read_text()))
+        return LocalIdentityAllocator()
+
+    def save_identities(self) -> None:
+        write_json_atomic(self.config.state_dir / "identities.json", self.identities.snapshot())
+
+    # --- start / stop ------------------------------------------------------------------
+    def setup(self) -> None:
+        """Synchronous start-up on the datapath thread (already in the node's namespace)."""
+        cfg = self.config
+        self._check_node_state()
+        self.netlink = Netlink()
+        self.ipam = IPAM(cfg.pod_cidr, cfg.state_dir / "ipam.json")
+        self.netlink.ensure_dummy(ROUTER_IFNAME, self.ipam.gateway)
+        write_sysctl("net.ipv4.ip_forward", "1")
+        self.datapath = Datapath.open(cfg.node, cfg.bpf_dir, cfg.pin_root)
+        # Identities are re-taken from the endpoints; the snapshot keeps their numbers stable.
+        self.identities = self._load_identities()
+        self.endpoints = EndpointManager(
+            node=cfg.node, datapath=self.datapath, netlink=self.netlink, ipam=self.ipam,
+            identities=self.identities, store=EndpointStore(cfg.state_dir / "endpoints.json"),
+            on_identities_changed=self.save_identities,
+        )
+        self.restore_stats = self.endpoints.restore()
+        self.restore_stats["ipcache_writes"] = self.reconcile_ipcache()
+        self.save_identities()
+        log.info("node %s ready: %s", cfg.node, self.restore_stats)
+
+    def reconcile_ipcache(self) -> int:
+        want = desired_ipcache(
+            node_addresses=self.netlink.addresses(),
+            endpoints=[(ep.ipv4, ep.identity) for ep in self.endpoints.list()],
+        )
+        res = reconcile(desired=want, actual=self.datapath.ipcache.dump(),
+                        ops=self.datapath.ipcache)
+        return res.updated + res.deleted
+
+    def gc_conntrack(self) -> int:
+        removed = self.datapath.ct.gc()
+        self.ct_gc_removed += removed
+        return removed
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "node": cfg.node,
+            "pod_cidr": str(cfg.pod_cidr),
+            "gateway": str(self.ipam.gateway),
+            "endpoints": len(self.endpoints.endpoints),
+            "identities": len(self.identities.all()),
+            "uptime_s": round(time.time() - self.started, 1),
+            "pid": os.getpid(),
+            "pin_dir": str(cfg.pin_root / cfg.node),
+            "restore": self.restore_stats,
+            "conntrack_gc_removed": self.ct_gc_removed,
+            "maps": {
+                m.name: {"entries": m.count(), "max_entries": m.max_entries}
+                for m in (self.datapath.endpoints, self.datapath.ipcache, self.datapath.ct)
+            },
+        }
+
+    async def _ct_gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.ct_gc_interval)
+            try:
+                removed = await self.run_dp(self.gc_conntrack)
+                if removed:
+                    log.info("conntrack gc removed %d expired entries", removed)
+            except MembraneError as e:
+                log.warning("conntrack gc failed: %s", e)
+
+    async def serve(self) -> None:
+        from membrane.agent.api import start_api
+
+        await self.run_dp(self.setup)
+        runner = await start_api(self)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        gc_task = asyncio.create_task(self._ct_gc_loop())
+        (self.config.run_dir / f"{self.config.node}.ready").write_text(str(os.getpid()))
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down; the datapath keeps running")
+            gc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gc_task
+            await runner.cleanup()
+            for suffix in (".sock", ".ready"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.config.run_dir / f"{self.config.node}{suffix}").unlink()
+            await self.run_dp(self.close)
+            self._dp_thread.shutdown()
+
+    def close(self) -> None:
+        self.datapath.close()
+        self.netlink.close()
+
+
+def run_agent(config: AgentConfig) -> None:
+    """Entry point: enter the node namespace before any thread exists, then serve."""
+    if os.geteuid() != 0:
+        raise MembraneError("membrane agent must run as root (it loads BPF programs)")
+    if config.netns:
+        netns.enter(config.netns)
+    config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    asyncio.run(Agent(config).serve())

@@ -1,0 +1,40 @@
+"""`membrane bpf <map> list`: the pinned maps as the kernel sees them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from membrane.cli.client import Client
+from membrane.cli.common import add_node, add_output
+from membrane.cli.output import emit
+
+MAPS: dict[str, list[tuple[str, str]] | None] = {
+    "endpoint": [("IP", "ip"), ("ID", "ep_id"), ("IFINDEX", "ifindex"), ("MAC", "mac"),
+                 ("NODE-MAC", "node_mac"), ("IDENTITY", "identity")],
+    "ct": None,
+    "ipcache": [("PREFIX", "prefix"), ("IDENTITY", "identity")],
+    "metrics": [("ENDPOINT", "ep_id"), ("DIRECTION", "direction"), ("VERDICT", "verdict"),
+                ("REASON", "reason"), ("PACKETS", "packets"), ("BYTES", "bytes")],
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bpf", help="inspect BPF maps")
+    maps = p.add_subparsers(dest="map", required=True)
+    for name in MAPS:
+        m = maps.add_parser(name, help=f"the {name} map")
+        verbs = m.add_subparsers(dest="verb", required=True)
+        ls = verbs.add_parser("list")
+        add_node(ls)
+        add_output(ls)
+        ls.set_defaults(func=list_, map_name=name)
+
+
+def list_(args: argparse.Namespace) -> int:
+    rows = Client.for_node(args.node).get(f"/v1/bpf/{args.map_name}")
+    columns = MAPS[args.map_name]
+    if columns is None and rows:
+        columns = [(k.upper(), k) for k in rows[0]]
+    emit(rows, args.output, columns or [])
+    return 0

@@ -1,0 +1,218 @@
+"""`membrane lab ...`: the embedded lab node — up, down, apply, delete, get, label, probe, exec."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from membrane.cli.client import Client
+from membrane.cli.output import emit, emit_json, table
+from membrane.errors import InputError, MembraneError, NotFound
+from membrane.lab import node
+from membrane.lab.node import DEFAULT_POD_CIDR, LabPaths
+
+DEMO = Path(__file__).resolve().parents[1] / "lab" / "demo" / "farm.yaml"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("lab", help="the embedded lab node")
+    verbs = p.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, help_: str, func: Any, *, hidden: bool = False) -> argparse.ArgumentParser:
+        v: argparse.ArgumentParser = verbs.add_parser(name, help=None if hidden else help_)
+        v.add_argument("--name", default=os.environ.get("MEMBRANE_LAB", "lab"),
+                       help="lab name (default: lab)")
+        v.set_defaults(func=func)
+        return v
+
+    up = verb("up", "make the lab node, its world and its agent", cmd_up)
+    up.add_argument("--pod-cidr", default=DEFAULT_POD_CIDR)
+    verb("down", "remove everything the lab made", cmd_down)
+    for name, func in (("apply", cmd_apply), ("delete", cmd_delete)):
+        v = verb(name, f"{name} Kubernetes objects from YAML", func)
+        v.add_argument("-f", "--filename", required=True, help="YAML file ('-' for stdin)")
+    g = verb("get", "list pods or namespaces", cmd_get)
+    g.add_argument("what", choices=("pods", "namespaces", "pod", "namespace", "po", "ns"))
+    g.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    lb = verb("label", "set (k=v) or remove (k-) labels, like kubectl label --overwrite", cmd_label)
+    lb.add_argument("kind", choices=("pod", "pods", "namespace", "namespaces", "ns"))
+    lb.add_argument("target", help="NS/POD for a pod, NS for a namespace")
+    lb.add_argument("labels", nargs="+", help="k=v to set, k- to remove")
+    pr = verb("probe", "try every (from, to) pair over real traffic", cmd_probe)
+    pr.add_argument("--port", type=int, required=True)
+    pr.add_argument("--protocol", default="TCP", type=str.upper, choices=("TCP", "UDP"))
+    pr.add_argument("--from", dest="sources", action="append", help="NS/POD (repeatable)")
+    pr.add_argument("--to", dest="targets", action="append", help="NS/POD (repeatable)")
+    pr.add_argument("--timeout", type=float, default=1.0, help="seconds per attempt")
+    pr.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ex = verb("exec", "run a command inside a pod", cmd_exec)
+    ex.add_argument("pod", help="NS/POD")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    verb("demo", "bring up the talk's tiny web farm and show its connectivity", cmd_demo)
+    verb("runtime", "run the lab runtime (started by lab up)", cmd_runtime, hidden=True)
+    verb("restart-agent", "restart the lab's agent (as an upgrade would)", cmd_restart_agent)
+
+
+def _runtime(name: str) -> Client:
+    paths = LabPaths(node.validate_name(name))
+    if not paths.state.exists():
+        raise NotFound(f"no lab named {name!r} (start it with `membrane lab up --name {name}`)")
+    return Client(paths.runtime_socket, timeout=300.0)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state = node.up(args.name, args.pod_cidr)
+    print(f"lab {args.name} is up: node namespace {LabPaths(args.name).node_ns}, "
+          f"pod CIDR {state['pod_cidr']}, agent pid {state['agent_pid']}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if not node.down(args.name):
+        print(f"lab {args.name}: nothing to remove")
+    return 0
+
+
+def _read(filename: str) -> tuple[str, str]:
+    if filename == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        return Path(filename).read_text(), filename
+    except OSError as e:
+        raise InputError(filename, e.strerror or str(e)) from e
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    text, source = _read(args.filename)
+    # Validate here first, so a bad file fails before anything is sent.
+    from membrane.lab.manifests import load_manifests
+
+    load_manifests(text, source)
+    for line in _runtime(args.name).post("/v1/apply", {"text": text, "source": source})["applied"]:
+        print(f"{line} applied")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    text, source = _read(args.filename)
+    for line in _runtime(args.name).post("/v1/delete", {"text": text, "source": source})["deleted"]:
+        print(f"{line} deleted")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    what = {"pod": "pods", "po": "pods", "ns": "namespaces", "namespace": "namespaces"}.get(
+        args.what, args.what)
+    items = _runtime(args.name).get(f"/v1/{what}")
+    if args.output == "json":
+        emit_json({"apiVersion": "v1", "kind": "List", "items": items})
+        return 0
+    if what == "pods":
+        rows = [{"ns": i["metadata"]["namespace"], "name": i["metadata"]["name"],
+                 "ip": i["status"]["podIP"], "labels": i["metadata"].get("labels", {})}
+                for i in items]
+        print(table(rows, [("NAMESPACE", "ns"), ("NAME", "name"), ("IP", "ip"),
+                           ("LABELS", "labels")]))
+    else:
+        rows = [{"name": i["metadata"]["name"], "labels": i["metadata"].get("labels", {})}
+                for i in items]
+        print(table(rows, [("NAME", "name"), ("LABELS", "labels")]))
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from membrane.lab.manifests import parse_label_args
+
+    kind = "pod" if args.kind.startswith("pod") else "namespace"
+    if kind == "pod" and "/" not in args.target:
+        raise InputError("lab label pod", f"{args.target!r}: expected NS/POD")
+    set_, remove = parse_label_args(args.labels, "labels")
+    _runtime(args.name).post(
+        "/v1/label", {"kind": kind, "target": args.target, "set": set_, "remove": sorted(remove)}
+    )
+    print(f"{kind}/{args.target} labeled")
+    return 0
+
+
+def probe_matrix(result: dict[str, Any]) -> str:
+    """The Kubernetes e2e truth table: '.' connected, 'X' not."""
+    froms = list(dict.fromkeys(r["from"] for r in result["results"]))
+    tos = list(dict.fromkeys(r["to"] for r in result["results"]))
+    ok = {(r["from"], r["to"]): r["connected"] for r in result["results"]}
+    head = f"{result['protocol']}/{result['port']}"
+    rows = [{"from": f, **{t: "." if ok[(f, t)] else "X" for t in tos}} for f in froms]
+    return table(rows, [(head, "from"), *((t, t) for t in tos)])
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        raise InputError("--port", f"{args.port} is out of range 1-65535")
+    if args.timeout <= 0:
+        raise InputError("--timeout", "must be positive")
+    result = _runtime(args.name).post("/v1/probe", {
+        "port": args.port, "protocol": args.protocol, "from": args.sources,
+        "to": args.targets, "timeout": args.timeout,
+    })
+    if args.output == "json":
+        emit_json(result)
+    else:
+        print(probe_matrix(result))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise InputError("lab exec", "no command given (membrane lab exec NS/POD -- CMD ...)")
+    if "/" not in args.pod:
+        raise InputError("lab exec", f"{args.pod!r}: expected NS/POD")
+    ns, pod = args.pod.split("/", 1)
+    path = Path("/run/netns") / LabPaths(node.validate_name(args.name)).pod_ns(ns, pod)
+    if not path.exists():
+        raise NotFound(f'pod "{args.pod}" not found in lab {args.name}')
+    from membrane.datapath import netns
+
+    try:
+        return subprocess.call(cmd, preexec_fn=lambda: netns.preexec_enter(str(path)))
+    except FileNotFoundError:
+        raise MembraneError(f"lab exec: command not found: {cmd[0]}") from None
+
+
+def cmd_runtime(args: argparse.Namespace) -> int:
+    import logging
+
+    from membrane.lab.runtime import serve
+
+    logging.getLogger().setLevel("INFO")
+    asyncio.run(serve(node.validate_name(args.name)))
+    return 0
+
+
+def cmd_restart_agent(args: argparse.Namespace) -> int:
+    print(f"agent restarted: pid {node.restart_agent(args.name)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    paths = LabPaths(node.validate_name(args.name))
+    if not paths.state.exists():
+        node.up(args.name)
+        print(f"lab {args.name} is up")
+    rt = _runtime(args.name)
+    rt.post("/v1/apply", {"text": DEMO.read_text(), "source": str(DEMO)})
+    print(f"\nThe tiny web farm ({DEMO.name}):\n")
+    emit(Client(paths.agent_socket).get("/v1/endpoints"), "table",
+         [("ID", "id"), ("POD", "pod"), ("IPV4", "ipv4"), ("IDENTITY", "identity"),
+          ("LABELS", "labels")])
+    for port in (80, 3306):
+        res = rt.post("/v1/probe", {"port": port, "protocol": "TCP", "timeout": 1.0})
+        print(f"\nconnectivity on TCP {port} ('.' connected, 'X' refused):\n")
+        print(probe_matrix(res))
+    print(f"\nExplore: .venv/bin/membrane endpoint list | bpf ct list | lab probe --port 80\n"
+          f"Remove everything: make down (membrane lab down --name {args.name})")
+    return 0

@@ -1,0 +1,32 @@
+"""The ipcache's desired state: which prefix maps to which security identity, and why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network
+
+from membrane.types import Identity
+
+HOST = Identity(1)
+WORLD = Identity(2)
+WORLD_PREFIX = IPv4Network("0.0.0.0/0")
+
+
+def node_entries(node_addresses: Iterable[IPv4Address]) -> dict[IPv4Network, Identity]:
+    """The node's own addresses are `host`; everything not known otherwise is `world`."""
+    entries: dict[IPv4Network, Identity] = {WORLD_PREFIX: WORLD}
+    for addr in node_addresses:
+        entries[IPv4Network(f"{addr}/32")] = HOST
+    return entries
+
+
+def desired(
+    *,
+    node_addresses: Iterable[IPv4Address],
+    endpoints: Iterable[tuple[IPv4Address, Identity]],
+) -> dict[IPv4Network, Identity]:
+    """The full ipcache: node addresses, endpoint addresses, and the world default."""
+    entries = node_entries(node_addresses)
+    for ip, identity in endpoints:
+        entries[IPv4Network(f"{ip}/32")] = identity
+    return entries
