@@ -22,11 +22,10 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from membrane.datapath.loader import Datapath
-from membrane.datapath.maps.endpoints import EndpointEntry
-
 from membrane.agent.app import DEFAULT_BPF_DIR
 from membrane.datapath import netns
+from membrane.datapath.loader import Datapath
+from membrane.datapath.maps.endpoints import EndpointEntry
 from membrane.datapath.netlink import Netlink, write_sysctl
 
 PIN_ROOT = Path("/sys/fs/bpf/membrane")
@@ -74,7 +73,7 @@ def main(rounds: int = 4, seconds: float = 2.0) -> None:
             netns.create(n)
         with netns.inside(node_ns):
             nl = Netlink()
-            nl.ensure_dummy("mb_host", gw)
+            nl.ensure_router("mb_host", gw)
             write_sysctl("net.ipv4.ip_forward", "1")
             links = {}
             for ns, ip, ifname in ((ns_a, ip_a, "lxca"), (ns_b, ip_b, "lxcb")):

@@ -7,12 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from labkit import Lab, mb, pods_yaml, unique_name
 
 from membrane.datapath import netns
 from membrane.lab import node as labnode
 from membrane.lab.node import LabPaths
-
-from .conftest import Lab, mb, pods_yaml, unique_name
 
 XYZ = {"x": {"ns": "x"}, "y": {"ns": "y"}}
 PODS = [("x", "a", {"pod": "a"}), ("x", "b", {"pod": "b"}), ("y", "a", {"pod": "a"})]

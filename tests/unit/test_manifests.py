@@ -5,6 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from membrane.errors import InputError
 from membrane.lab.manifests import (
@@ -13,9 +16,13 @@ from membrane.lab.manifests import (
     Namespace,
     Pod,
     RawObject,
+    check_labels,
+    label_errors,
     load_manifests,
     parse_label_args,
 )
+
+WEB1 = "farm.yaml: document 1 (Pod default/web-1)"
 
 
 def load(text: str) -> list[object]:
@@ -48,7 +55,7 @@ def one_port(line: str) -> str:
         """)
 
 
-# -- accepted objects --------------------------------------------------------------------------
+# -- accepted objects -----------------------------------------------------------------------------
 
 
 def test_pod_with_ports_is_parsed_with_defaults() -> None:
@@ -72,7 +79,7 @@ def test_pod_with_ports_is_parsed_with_defaults() -> None:
 
 
 def test_pod_to_k8s_is_kubernetes_shaped() -> None:
-    pod = Pod(namespace="shop", name="db", labels={"app": "db"},  # type: ignore[arg-type]
+    pod = Pod(namespace="shop", name="db", labels={"app": "db"},
               containers=(Container(name="pg", ports=(ContainerPort(
                   name="pg", container_port=5432),)),))
     assert pod.to_k8s() == {
@@ -81,7 +88,7 @@ def test_pod_to_k8s_is_kubernetes_shaped() -> None:
         "spec": {"containers": [{"name": "pg", "ports": [
             {"name": "pg", "containerPort": 5432, "protocol": "TCP"}]}]},
     }
-    assert hash(pod) == hash(Pod(namespace="shop", name="db", labels={"app": "db"},  # type: ignore[arg-type]
+    assert hash(pod) == hash(Pod(namespace="shop", name="db", labels={"app": "db"},
                                  containers=pod.containers))
 
 
@@ -264,18 +271,19 @@ def test_null_fields_count_as_absent() -> None:
     assert pod.ports == ()
 
 
-# -- YAML and document-level errors ------------------------------------------------------------
+# -- YAML and document-level errors ---------------------------------------------------------------
 
 
 def test_malformed_yaml_names_file_and_line() -> None:
     e = error("apiVersion: v1\nkind: Pod\nmetadata:\n  name: [oops\n")
-    assert e.where.startswith("farm.yaml: line ")
-    assert "invalid YAML" in e.message
+    assert e.where.startswith("farm.yaml: line 5")
+    assert e.message.startswith("invalid YAML: ")
+    assert "started on line 4" in e.message
 
 
 def test_duplicate_yaml_key_is_rejected_with_its_line() -> None:
     e = error("apiVersion: v1\nkind: Pod\nkind: Pod\n")
-    assert e.where == "farm.yaml: line 3"
+    assert e.where == "farm.yaml: line 3, column 1"
     assert '"kind" is already defined' in e.message
 
 
@@ -303,7 +311,8 @@ def test_wrong_api_version_is_rejected() -> None:
      "farm.yaml: document 1 (Pod): metadata"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {labels: {a: b}}\n",
      "farm.yaml: document 1 (Pod): metadata.name"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n", "farm.yaml: document 1 (Pod default/x): spec"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n",
+     "farm.yaml: document 1 (Pod default/x): spec"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {}\n",
      "farm.yaml: document 1 (Pod default/x): spec.containers"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{image: a}]}\n",
@@ -320,9 +329,16 @@ def test_pod_without_containers_is_rejected() -> None:
     assert e.where.endswith("spec.containers")
 
 
+def test_error_renders_as_one_line_naming_file_document_object_and_path() -> None:
+    second = one_port("containerPort: 70000").replace("name: web-1", "name: web-2")
+    e = error(pod_yaml() + "---\n" + second)
+    assert str(e) == ("farm.yaml: document 2 (Pod default/web-2): "
+                      "spec.containers[0].ports[0].containerPort: 70000 is out of range 1-65535")
+
+
 def test_missing_container_port_is_named() -> None:
     e = error(one_port("name: http"))
-    assert e.where == "farm.yaml: document 1 (Pod default/web-1): spec.containers[0].ports[0].containerPort"
+    assert e.where == f"{WEB1}: spec.containers[0].ports[0].containerPort"
 
 
 def test_duplicate_objects_in_one_file_name_both_documents() -> None:
@@ -332,15 +348,16 @@ def test_duplicate_objects_in_one_file_name_both_documents() -> None:
 
 
 def test_same_name_in_other_namespace_or_kind_is_not_a_duplicate() -> None:
-    docs = load(pod_yaml() + "---\n" + pod_yaml().replace("  name: web-1", "  name: web-1\n  namespace: b")
-                + "---\napiVersion: v1\nkind: Service\nmetadata: {name: web-1}\n")
+    other_ns = pod_yaml().replace("  name: web-1", "  name: web-1\n  namespace: b")
+    service = "apiVersion: v1\nkind: Service\nmetadata: {name: web-1}\n"
+    docs = load(pod_yaml() + "---\n" + other_ns + "---\n" + service)
     assert len(docs) == 3
 
 
-# -- schema: unknown fields and types ----------------------------------------------------------
+# -- schema: unknown fields and types -------------------------------------------------------------
 
 
-def test_unknown_container_field_is_named() -> None:
+def test_unknown_field_in_container_is_rejected_with_path() -> None:
     e = error(pod_yaml("portz: []\n"))
     assert e.where == "farm.yaml: document 1 (Pod default/web-1): spec.containers[0].portz"
     assert e.message == "unknown field"
@@ -386,7 +403,7 @@ def test_unquoted_boolean_label_value_gets_a_hint() -> None:
     assert e.message == 'true is not a string (quote it: "true")'
 
 
-# -- names, labels and ports ---------------------------------------------------------------------
+# -- names, labels and ports ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["Web", "web_1", "-web", "web-", "a" * 254, "web..x"])
@@ -432,7 +449,7 @@ def test_invalid_label_values_are_rejected(value: str) -> None:
 @pytest.mark.parametrize("port", [0, 65536, 70000, -1])
 def test_container_port_out_of_range_is_rejected(port: int) -> None:
     e = error(one_port(f"containerPort: {port}"))
-    assert e.where == "farm.yaml: document 1 (Pod default/web-1): spec.containers[0].ports[0].containerPort"
+    assert e.where == f"{WEB1}: spec.containers[0].ports[0].containerPort"
     assert e.message == f"{port} is out of range 1-65535"
 
 
@@ -504,7 +521,7 @@ def test_container_names_are_dns_labels() -> None:
     assert e.where.endswith("spec.containers[0].name")
 
 
-# -- kubectl label syntax --------------------------------------------------------------------------
+# -- kubectl label syntax -------------------------------------------------------------------------
 
 
 def test_label_args_set_and_remove() -> None:
@@ -524,3 +541,191 @@ def test_bad_label_args_are_rejected_naming_where(args: list[str]) -> None:
 
 def test_repeated_identical_label_arg_is_accepted() -> None:
     assert parse_label_args(["a=b", "a=b"], "x") == ({"a": "b"}, set())
+
+
+# -- the schema knows every field of the Kubernetes v1 objects we parse ---------------------------
+
+POD_SPEC_FIELDS = {
+    "activeDeadlineSeconds": 60, "affinity": {}, "automountServiceAccountToken": False,
+    "dnsConfig": {"nameservers": ["1.1.1.1"]}, "dnsPolicy": "None", "enableServiceLinks": True,
+    "ephemeralContainers": [], "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["a"]}],
+    "hostIPC": False, "hostNetwork": False, "hostPID": False, "hostUsers": True,
+    "hostname": "h", "imagePullSecrets": [{"name": "reg"}], "nodeName": "n1",
+    "nodeSelector": {"disk": "ssd"}, "os": {"name": "linux"}, "overhead": {"cpu": "250m"},
+    "preemptionPolicy": "Never", "priority": 1000, "priorityClassName": "high",
+    "readinessGates": [], "resourceClaims": [], "resources": {"limits": {"cpu": 1}},
+    "restartPolicy": "Never", "runtimeClassName": "runc", "schedulerName": "default-scheduler",
+    "schedulingGates": [], "securityContext": {}, "serviceAccount": "sa",
+    "serviceAccountName": "sa", "setHostnameAsFQDN": False, "shareProcessNamespace": False,
+    "subdomain": "s", "terminationGracePeriodSeconds": 0, "tolerations": [],
+    "topologySpreadConstraints": [], "volumes": [{"name": "v", "emptyDir": {}}],
+}
+CONTAINER_FIELDS = {
+    "args": ["a"], "command": ["c"], "env": [{"name": "A", "value": "1"}], "envFrom": [],
+    "image": "busybox", "imagePullPolicy": "Always", "lifecycle": {}, "livenessProbe": {},
+    "readinessProbe": {}, "resizePolicy": [], "resources": {}, "restartPolicy": "Always",
+    "securityContext": {}, "startupProbe": {}, "stdin": True, "stdinOnce": True,
+    "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+    "tty": True, "volumeDevices": [], "volumeMounts": [], "workingDir": "/",
+}
+OBJECT_META_FIELDS = {
+    "annotations": {"a": "b"}, "creationTimestamp": "2024-01-01T00:00:00Z",
+    "deletionGracePeriodSeconds": 30, "deletionTimestamp": "2024-01-01T00:00:00Z",
+    "finalizers": ["f"], "generateName": "p-", "generation": 1, "managedFields": [],
+    "ownerReferences": [], "resourceVersion": "1", "selfLink": "/x", "uid": "u",
+}
+
+
+def pod_doc(meta: dict[str, object] | None = None, spec: dict[str, object] | None = None,
+            container: dict[str, object] | None = None) -> str:
+    import json  # JSON is YAML: exact values, no quoting surprises
+
+    doc = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "p", **(meta or {})},
+           "spec": {"containers": [{"name": "c", **(container or {})}], **(spec or {})}}
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(("field", "value"), POD_SPEC_FIELDS.items())
+def test_every_pod_spec_field_is_accepted(field: str, value: object) -> None:
+    assert isinstance(load(pod_doc(spec={field: value}))[0], Pod)
+
+
+@pytest.mark.parametrize(("field", "value"), CONTAINER_FIELDS.items())
+def test_every_container_field_is_accepted(field: str, value: object) -> None:
+    assert isinstance(load(pod_doc(container={field: value}))[0], Pod)
+
+
+@pytest.mark.parametrize(("field", "value"), OBJECT_META_FIELDS.items())
+def test_every_object_meta_field_is_accepted(field: str, value: object) -> None:
+    assert isinstance(load(pod_doc(meta={field: value}))[0], Pod)
+
+
+def test_host_port_and_host_ip_are_accepted() -> None:
+    [pod] = load(one_port("{containerPort: 80, hostPort: 8080, hostIP: 0.0.0.0}"))
+    assert isinstance(pod, Pod)
+    assert pod.ports[0].container_port == 80
+
+
+def test_status_of_any_shape_of_object_is_ignored() -> None:
+    [pod] = load(pod_yaml() + "status: {phase: Running, conditions: [{type: Ready}], x: 1}\n")
+    assert isinstance(pod, Pod)
+
+
+def test_init_container_ports_are_not_served_but_names_stay_unique() -> None:
+    [pod] = load(pod_doc(spec={"initContainers": [
+        {"name": "init", "ports": [{"containerPort": 9000}]}]}))
+    assert isinstance(pod, Pod)
+    assert [c.name for c in pod.containers] == ["c"]
+    e = error(pod_doc(spec={"initContainers": [{"name": "c"}]}))
+    assert e.where.endswith("spec.containers[0].name")
+    assert "spec.initContainers[0]" in e.message
+
+
+def test_unknown_field_in_init_container_is_rejected_with_path() -> None:
+    e = error(pod_doc(spec={"initContainers": [{"name": "i", "imagee": "x"}]}))
+    assert e.where == "farm.yaml: document 1 (Pod default/p): spec.initContainers[0].imagee"
+
+
+def test_namespace_spec_and_status_are_accepted_and_unknown_fields_rejected() -> None:
+    [ns] = load("""\
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: shop, annotations: {owner: a}}
+        spec: {finalizers: [kubernetes]}
+        status: {phase: Active}
+        """)
+    assert isinstance(ns, Namespace)
+    e = error("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\nspec: {finalizerz: []}\n")
+    assert e.where == "farm.yaml: document 1 (Namespace shop): spec.finalizerz"
+    assert e.message == "unknown field"
+
+
+def test_namespace_names_longer_than_a_dns_label_are_rejected() -> None:
+    e = error(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {'a' * 64}}}\n")
+    assert e.where.endswith("metadata.name")
+    assert "63" in e.message
+
+
+def test_pod_in_an_invalid_namespace_is_rejected() -> None:
+    e = error(pod_doc(meta={"namespace": "Shop"}))
+    assert e.where.endswith("metadata.namespace")
+
+
+def test_raw_objects_have_their_metadata_validated() -> None:
+    e = error("apiVersion: v1\nkind: Service\nmetadata: {name: web, labelz: {}}\n")
+    assert e.where == "farm.yaml: document 1 (Service default/web): metadata.labelz"
+    e = error("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n"
+              "metadata: {name: p, labels: {'-bad': x}}\n")
+    assert e.where.startswith("farm.yaml: document 1 (CiliumNetworkPolicy default/p): "
+                              "metadata.labels")
+
+
+def test_cilium_policy_with_networking_api_version_is_rejected() -> None:
+    e = error("apiVersion: networking.k8s.io/v1\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\n")
+    assert e.where == "farm.yaml: document 1: apiVersion"
+    assert "cilium.io/v2" in e.message
+
+
+def test_duplicate_namespaces_and_cluster_policies_are_detected() -> None:
+    ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n"
+    e = error(ns + "---\n" + ns)
+    assert e.where == "farm.yaml: document 2 (Namespace shop)"
+    assert e.message == "duplicate of document 1 (Namespace shop)"
+
+
+def test_label_key_prefix_longer_than_253_is_rejected() -> None:
+    key = ("a" * 60 + ".") * 4 + "a" * 20 + "/x"
+    assert len(key.partition("/")[0]) > 253
+    e = error(pod_yaml().replace("{app: web}", f"{{{key}: v}}"))
+    assert "253" in e.message
+
+
+# -- label validators the CLI and the runtime reuse -----------------------------------------------
+
+
+def test_label_errors_lists_every_problem_at_where() -> None:
+    errors = label_errors({"app": "web", "b@d": "x", "v": True, "ok": "-x"}, "lab label")
+    assert [e.where for e in errors] == ["lab label"] * 3
+    assert 'label key "b@d"' in errors[0].message
+    assert errors[1].message == 'label "v": true is not a string (quote it: "true")'
+    assert 'label value "-x"' in errors[2].message
+    assert label_errors({"app": "web", "example.com/tier": ""}, "x") == []
+
+
+def test_label_errors_with_a_path_name_the_key() -> None:
+    [e] = label_errors({"a/b": "x y"}, "f.yaml: document 1", "metadata.labels")
+    assert e.where == 'f.yaml: document 1: metadata.labels["a/b"]'
+
+
+def test_check_labels_raises_the_first_problem() -> None:
+    with pytest.raises(InputError, match=r"^x: label key \"-a\""):
+        check_labels({"-a": "b", "c": "-d"}, "x")
+    check_labels({"a": "b"}, "x")
+
+
+# -- property: what the lab writes back, it reads again -------------------------------------------
+
+_dns_label = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,10}[a-z0-9])?", fullmatch=True)
+_label_name = st.from_regex(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,10}[A-Za-z0-9])?", fullmatch=True)
+_port_name = st.from_regex(r"[a-z]([a-z0-9]{0,5}-?[a-z0-9]{1,5})?", fullmatch=True)
+
+
+@st.composite
+def pods(draw: st.DrawFn) -> Pod:
+    ports = draw(st.lists(st.tuples(st.integers(1, 65535), st.sampled_from(["TCP", "UDP", "SCTP"])),
+                          unique=True, max_size=4))
+    names = draw(st.lists(_port_name, unique=True, min_size=len(ports), max_size=len(ports)))
+    named = draw(st.lists(st.booleans(), min_size=len(ports), max_size=len(ports)))
+    cports = tuple(ContainerPort(name=n if use else None, container_port=p, protocol=proto)
+                   for (p, proto), n, use in zip(ports, names, named, strict=True))
+    labels = draw(st.dictionaries(_label_name, st.one_of(st.just(""), _label_name), max_size=4))
+    return Pod(namespace=draw(_dns_label), name=draw(_dns_label), labels=labels,
+               containers=(Container(name=draw(_dns_label), ports=cports),))
+
+
+@settings(max_examples=100, deadline=None)
+@given(pods())
+def test_pod_written_as_kubernetes_yaml_reads_back_equal(pod: Pod) -> None:
+    [again] = load_manifests(yaml.safe_dump(pod.to_k8s()), "pod.yaml")
+    assert again == pod

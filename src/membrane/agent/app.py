@@ -110,7 +110,7 @@ class Agent:
         self._check_node_state()
         self.netlink = Netlink()
         self.ipam = IPAM(cfg.pod_cidr, cfg.state_dir / "ipam.json")
-        self.netlink.ensure_dummy(ROUTER_IFNAME, self.ipam.gateway)
+        self.netlink.ensure_router(ROUTER_IFNAME, self.ipam.gateway)
         write_sysctl("net.ipv4.ip_forward", "1")
         self.datapath = Datapath.open(cfg.node, cfg.bpf_dir, cfg.pin_root)
         # Identities are re-taken from the endpoints; the snapshot keeps their numbers stable.
@@ -121,6 +121,7 @@ class Agent:
             on_identities_changed=self.save_identities,
         )
         self.restore_stats = self.endpoints.restore()
+        self.identities.forget_remembered()
         self.restore_stats["ipcache_writes"] = self.reconcile_ipcache()
         self.save_identities()
         log.info("node %s ready: %s", cfg.node, self.restore_stats)

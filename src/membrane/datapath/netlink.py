@@ -98,7 +98,10 @@ class Netlink:
         `default via gateway onlink`. Node side: `ip/32 dev host_ifname` and a permanent
         neighbour for the pod, so no ARP is needed in either direction.
         """
-        fd = os.open(pod_netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(pod_netns, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise DatapathError(f"network namespace {pod_netns} does not exist") from None
         try:
             self._ipr.link(
                 "add",
@@ -151,14 +154,26 @@ class Netlink:
         except DatapathError:
             return None
 
-    def ensure_dummy(self, ifname: str, address: IPv4Address) -> Link:
-        """A dummy device holding one node address (the pods' gateway)."""
+    def ensure_router(self, ifname: str, address: IPv4Address) -> Link:
+        """A veth pair `ifname` <-> `ifname`_net holding the pods' gateway address.
+
+        Cilium's cilium_host/cilium_net pair, for the same reason: a device of the node that
+        owns the router address, without needing the dummy driver (absent from some kernels).
+        """
         if self.link(ifname) is None:
-            self._ipr.link("add", ifname=ifname, kind="dummy")
+            try:
+                self._ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": f"{ifname}_net"})
+            except NetlinkError as e:
+                raise DatapathError(f"cannot create router device {ifname}: {e}") from e
         link = self.link(ifname)
-        assert link is not None
+        peer = self.link(f"{ifname}_net")
+        if link is None or peer is None:
+            raise DatapathError(f"router device {ifname} vanished right after creation")
+        _ipv6_off(ifname)
+        _ipv6_off(f"{ifname}_net")
         with contextlib.suppress(NetlinkError):
             self._ipr.addr("add", index=link.ifindex, address=str(address), prefixlen=32)
+        self._ipr.link("set", index=peer.ifindex, state="up")
         self._ipr.link("set", index=link.ifindex, state="up")
         return link
 
@@ -195,7 +210,7 @@ class NamespaceLinks:
         with self._ipr() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
 
-    def add_address(self, ifname: str, address: IPv4Network | str, prefixlen: int) -> None:
+    def add_address(self, ifname: str, address: IPv4Address, prefixlen: int) -> None:
         with self._ipr() as ipr:
             idx = ipr.link_lookup(ifname=ifname)[0]
             with contextlib.suppress(NetlinkError):

@@ -15,7 +15,8 @@ V_contra = TypeVar("V_contra", contravariant=True)
 class Ops(Protocol[K_contra, V_contra]):
     def update(self, key: K_contra, value: V_contra) -> None: ...
 
-    def delete(self, key: K_contra) -> None: ...
+    # Whatever delete returns (e.g. whether the key was there) is ignored.
+    def delete(self, key: K_contra) -> object: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

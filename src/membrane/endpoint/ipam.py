@@ -21,8 +21,8 @@ from membrane.errors import Conflict, InputError, MembraneError
 
 log = logging.getLogger(__name__)
 
-MAX_PREFIXLEN = 29
-"""The smallest pod CIDR: a /29 leaves 5 pod addresses after network, gateway and broadcast."""
+MAX_PREFIXLEN = 30
+"""The smallest pod CIDR: a /30 leaves one pod address after network, gateway and broadcast."""
 
 STATE_VERSION = 1
 
@@ -30,15 +30,17 @@ STATE_VERSION = 1
 def validate_pod_cidr(text: str, where: str = "--pod-cidr") -> IPv4Network:
     """Parse a user-given pod CIDR such as ``10.200.0.0/16``; InputError naming *where* if bad."""
     value = text.strip()
-    if "/" not in value:
-        raise InputError(where, f"{text!r} has no prefix length (e.g. 10.200.0.0/16)")
     try:
         net = ip_network(value, strict=False)
     except ValueError:
-        raise InputError(where, f"{text!r} is not an IPv4 CIDR (e.g. 10.200.0.0/16)") from None
+        raise InputError(where, f'"{text}" is not an IPv4 CIDR (e.g. 10.200.0.0/16)') from None
     if not isinstance(net, IPv4Network):
-        raise InputError(where, f"{value}: IPv6 pod CIDRs are not supported yet")
-    if str(net) != value:
+        raise InputError(
+            where, f"{value} is IPv6: IPv6 pod CIDRs are not supported yet (e.g. 10.200.0.0/16)"
+        )
+    if "/" not in value:
+        raise InputError(where, f'"{text}" has no prefix length (e.g. {value}/16)')
+    if IPv4Address(value.partition("/")[0]) != net.network_address:
         raise InputError(where, f"{value} has host bits set (did you mean {net}?)")
     if net.prefixlen > MAX_PREFIXLEN:
         raise InputError(
@@ -58,7 +60,11 @@ class IPAM:
 
     def __init__(self, cidr: IPv4Network, state_file: Path) -> None:
         if cidr.prefixlen > MAX_PREFIXLEN:
-            raise InputError("pod CIDR", f"{cidr} is too small (at least a /{MAX_PREFIXLEN})")
+            raise InputError(
+                "--pod-cidr",
+                f"{cidr} is too small: a pod CIDR needs at least a /{MAX_PREFIXLEN} "
+                "(network, gateway and broadcast are reserved)",
+            )
         self.cidr = cidr
         self.state_file = Path(state_file)
         self.gateway = cidr.network_address + 1
@@ -68,6 +74,8 @@ class IPAM:
         self._by_owner: dict[str, IPv4Address] = {}
         self._by_ip: dict[IPv4Address, str] = {}
         self._next = self._first
+        self._just_released: int | None = None
+        """Skipped by the next allocation while another address is free (in memory only)."""
         self._load()
 
     # -- queries ------------------------------------------------------------------------------
@@ -103,10 +111,13 @@ class IPAM:
                 return held
             if len(self._by_owner) >= self.capacity:
                 raise MembraneError(
-                    f"pod CIDR {self.cidr} is exhausted ({len(self._by_owner)} addresses in use)"
+                    f"pod CIDR {self.cidr} is exhausted ({self.capacity} addresses)"
                 )
+            others_free = self.capacity - len(self._by_owner) > 1
             candidate = self._next
-            while IPv4Address(candidate) in self._by_ip:
+            while IPv4Address(candidate) in self._by_ip or (
+                others_free and candidate == self._just_released
+            ):
                 candidate = self._wrap(candidate + 1)
             ip = IPv4Address(candidate)
             self._commit(owner, ip, next_pointer=self._wrap(candidate + 1))
@@ -138,6 +149,7 @@ class IPAM:
             del by_owner[owner]
             self._save(by_owner, self._next)
             self._install(by_owner, self._next)
+            self._just_released = int(ip)
             log.debug("released %s from %s", ip, owner)
             return True
 

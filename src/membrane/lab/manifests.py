@@ -104,11 +104,31 @@ def port_name_error(name: str) -> str | None:
     return None
 
 
-def _check_labels(labels: Mapping[str, str], path: str, where: str) -> None:
+def label_errors(labels: Mapping[Any, Any], where: str, path: str = "") -> list[InputError]:
+    """Every problem of *labels* (types, keys, values) as Kubernetes checks them, in key order.
+
+    Each error is at *where*, or at ``where: path.<key>`` when *path* is given (manifests use
+    ``metadata.labels``; the CLI and the runtime API pass only *where*).
+    """
+    errors: list[InputError] = []
     for key, value in labels.items():
-        err = label_key_error(key) or label_value_error(value)
+        at = f"{where}: {join(path, key)}" if path and isinstance(key, str) else where
+        if not isinstance(key, str):
+            err: str | None = f"label key {show(key)} is not a string"
+        elif not isinstance(value, str):
+            err = schema.type_error(value, schema.T.STR)
+            err = err if path else f"label {show(key)}: {err}"
+        else:
+            err = label_key_error(key) or label_value_error(value)
         if err:
-            raise InputError(f"{where}: {join(path, key)}", err)
+            errors.append(InputError(at, err))
+    return errors
+
+
+def check_labels(labels: Mapping[Any, Any], where: str, path: str = "") -> None:
+    """Raise the first of `label_errors` (all or nothing: nothing is applied on error)."""
+    if errors := label_errors(labels, where, path):
+        raise errors[0]
 
 
 class LabelMap(Mapping[str, str]):
@@ -174,7 +194,7 @@ class Namespace:
     """A Kubernetes Namespace; its labels always include ``kubernetes.io/metadata.name``."""
 
     name: str
-    labels: LabelMap = field(default_factory=LabelMap)
+    labels: Mapping[str, str] = field(default_factory=LabelMap)
     where: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -204,13 +224,12 @@ class Pod:
 
     namespace: str = "default"
     name: str
-    labels: LabelMap = field(default_factory=LabelMap)
+    labels: Mapping[str, str] = field(default_factory=LabelMap)
     containers: tuple[Container, ...] = ()
     where: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.labels, LabelMap):
-            object.__setattr__(self, "labels", LabelMap(self.labels))
+        object.__setattr__(self, "labels", LabelMap(self.labels))  # frozen, hashable copy
 
     @property
     def kind(self) -> str:
@@ -302,9 +321,13 @@ def _yaml_documents(text: str, source: str) -> list[Any]:
         return list(yaml.load_all(text, Loader=_StrictLoader))  # a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        where = f"{source}: line {mark.line + 1}" if mark else source
-        what = " ".join(p for p in (e.context, e.problem) if p)
-        raise InputError(where, f"invalid YAML: {what or e}") from None
+        where = f"{source}: line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        what = e.problem or str(e)
+        if e.context:
+            ctx = e.context_mark
+            started = f" started on line {ctx.line + 1}" if ctx and ctx is not mark else ""
+            what = f"{what} ({e.context}{started})"
+        raise InputError(where, f"invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise InputError(source, f"invalid YAML: {e}") from None
 
@@ -386,7 +409,7 @@ def parse_object(doc: Any, where: str) -> Manifest:
     where = f"{where} ({kind} {namespace}/{name})" if namespace else f"{where} ({kind} {name})"
     check({k: doc.get(k) for k in schema.HEADER}, schema.HEADER, "", where)
     labels: dict[str, str] = meta.get("labels") or {}
-    _check_labels(labels, "metadata.labels", where)
+    check_labels(labels, where, "metadata.labels")
 
     if kind == "Namespace":
         check(doc, schema.NAMESPACE, "", where)

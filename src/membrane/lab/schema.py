@@ -28,9 +28,7 @@ class T(Enum):
     OBJ = "an object"
     LIST = "a list"
     STR_MAP = "a map of strings"
-    INT_OR_STR = "an integer or a string"
     TIME = "a timestamp"
-    ANY = "any value"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +167,6 @@ def show(value: Any) -> str:
 
 
 def _matches(value: Any, t: T) -> bool:
-    if t is T.ANY:
-        return True
     if t is T.STR:
         return isinstance(value, str)
     if t is T.INT:
@@ -181,8 +177,6 @@ def _matches(value: Any, t: T) -> bool:
         return isinstance(value, dict)
     if t is T.LIST:
         return isinstance(value, list)
-    if t is T.INT_OR_STR:
-        return isinstance(value, (int, str)) and not isinstance(value, bool)
     if t is T.TIME:
         return isinstance(value, (str, datetime.date))
     raise AssertionError(t)

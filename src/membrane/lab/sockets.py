@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 from dataclasses import dataclass
+from typing import cast
 
 from membrane.datapath import netns
 
@@ -28,8 +29,8 @@ def socket_in(ns_path: str, kind: int) -> socket.socket:
 
 class _UDPEcho(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # The selector loop's datagram transport does not subclass DatagramTransport in 3.11.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.transport.sendto(data, addr)

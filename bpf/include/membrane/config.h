@@ -1,0 +1,23 @@
+/* ABI contract: node-wide configuration (mb_config) and the loader's bookkeeping (mb_meta). */
+#pragma once
+
+#include <membrane/common.h>
+
+#define MB_CONFIG_MAP "mb_config"
+#define MB_META_MAP "mb_meta"
+
+enum mb_config_flags {
+	/* bpf_redirect_peer() works here: deliver straight into the pod's namespace. */
+	MB_CFG_F_REDIRECT_PEER = 1 << 0,
+};
+
+struct mb_node_config {
+	__u32 flags;		/* enum mb_config_flags */
+	__u32 pad;
+};
+
+/* Never read by the programs: the loader records which object the pinned programs came from,
+ * in a map because bpffs holds only BPF objects. */
+struct mb_meta {
+	__u8 obj_sha256[32];
+};

@@ -1,0 +1,62 @@
+/* Map definitions. Every map is pinned by name under the node's pin directory (the loader sets
+ * the path), so its contents outlive programs and the agent. */
+#pragma once
+
+#include "common.h"
+#include <membrane/config.h>
+#include <membrane/conntrack.h>
+#include <membrane/endpoint.h>
+#include <membrane/ipcache.h>
+#include <membrane/metrics.h>
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MB_ENDPOINTS_MAX);
+	__type(key, struct mb_endpoint_key);
+	__type(value, struct mb_endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_endpoints SEC(".maps");
+
+/* Written by the agent now; read by policy (next issue) to find the peer's identity. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MB_IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mb_ipcache_key);
+	__type(value, struct mb_ipcache_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MB_CT_MAX);
+	__type(key, struct mb_ct_key);
+	__type(value, struct mb_ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MB_METRICS_MAX);
+	__type(key, struct mb_metrics_key);
+	__type(value, struct mb_metrics_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_metrics SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mb_node_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mb_meta);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_meta SEC(".maps");
+
+/* Next issues add here: the policy map (policy.h), the events ring buffer, service maps. */

@@ -1,0 +1,263 @@
+"""ctypes mirrors of the ABI contract in bpf/include/membrane/*.h, with the C field names.
+
+Every struct is registered in `ABI_STRUCTS` and every shared constant in `ABI_CONSTANTS`; a test
+compiles `_Static_assert`s of sizes, offsets and values against the headers, so drift fails.
+Fields hold the kernel's byte order (addresses and ports in network order); the map modules
+convert to and from host-order domain values.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import Structure, c_uint8, c_uint16, c_uint32, c_uint64
+from enum import IntEnum
+
+
+class Family(IntEnum):
+    IPV4 = 2
+    IPV6 = 10
+
+
+class Direction(IntEnum):
+    INGRESS = 1
+    EGRESS = 2
+
+
+class Verdict(IntEnum):
+    FORWARDED = 1
+    DROPPED = 2
+
+
+class DropReason(IntEnum):
+    """enum mb_drop_reason: Cilium's drop reason numbers."""
+
+    NONE = 0
+    INVALID_SMAC = 130
+    INVALID_SIP = 132
+    POLICY = 133
+    INVALID = 134
+    CT_UNKNOWN_PROTO = 137
+    UNKNOWN_L3 = 139
+    CT_CREATE_FAILED = 155
+    NO_SERVICE = 158
+    POLICY_DENY = 181
+
+
+DROP_REASON_DESC: dict[int, str] = {
+    0: "",
+    130: "Invalid source mac",
+    132: "Invalid source ip",
+    133: "Policy denied",
+    134: "Invalid packet",
+    137: "CT: Unknown L4 protocol",
+    139: "Unknown L3 target address",
+    155: "CT: Map insertion failed",
+    158: "Service backend not found",
+    181: "Policy denied by denylist",
+}
+"""Cilium's descriptions (Hubble's `drop_reason_desc` uses the enum names; these read better)."""
+
+
+class CTFlags(IntEnum):
+    TX_FIN = 1 << 0
+    TX_RST = 1 << 1
+    RX_FIN = 1 << 2
+    RX_RST = 1 << 3
+    SEEN_NON_SYN = 1 << 4
+    SEEN_REPLY = 1 << 5
+
+
+CT_F_CLOSING = CTFlags.TX_FIN | CTFlags.TX_RST | CTFlags.RX_FIN | CTFlags.RX_RST
+CFG_F_REDIRECT_PEER = 1 << 0
+
+CT_SYN_TIMEOUT = 60
+CT_ESTABLISHED_TIMEOUT = 21600
+CT_CLOSE_TIMEOUT = 10
+CT_DATAGRAM_TIMEOUT = 60
+IPCACHE_PREFIX_BASE = 32
+
+ENDPOINTS_MAX = 16384
+IPCACHE_MAX = 65536
+CT_MAX = 65536
+METRICS_MAX = 65536
+
+
+class EndpointKey(Structure):
+    """struct mb_endpoint_key (membrane/endpoint.h)."""
+
+    _fields_ = [
+        ("ip4", c_uint32),
+        ("pad1", c_uint32 * 3),
+        ("family", c_uint8),
+        ("pad2", c_uint8 * 3),
+    ]
+
+
+class EndpointInfo(Structure):
+    """struct mb_endpoint_info (membrane/endpoint.h)."""
+
+    _fields_ = [
+        ("ifindex", c_uint32),
+        ("ep_id", c_uint16),
+        ("flags", c_uint16),
+        ("identity", c_uint32),
+        ("mac", c_uint8 * 6),
+        ("node_mac", c_uint8 * 6),
+    ]
+
+
+class IPCacheKey(Structure):
+    """struct mb_ipcache_key (membrane/ipcache.h)."""
+
+    _fields_ = [
+        ("prefixlen", c_uint32),
+        ("family", c_uint8),
+        ("pad1", c_uint8 * 3),
+        ("ip4", c_uint32),
+        ("pad2", c_uint32 * 3),
+    ]
+
+
+class IPCacheValue(Structure):
+    """struct mb_ipcache_value (membrane/ipcache.h)."""
+
+    _fields_ = [("identity", c_uint32)]
+
+
+class CTKey(Structure):
+    """struct mb_ct_key (membrane/conntrack.h)."""
+
+    _fields_ = [
+        ("saddr", c_uint32),
+        ("daddr", c_uint32),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("proto", c_uint8),
+        ("direction", c_uint8),
+        ("family", c_uint8),
+        ("pad", c_uint8),
+    ]
+
+
+class CTEntryC(Structure):
+    """struct mb_ct_entry (membrane/conntrack.h)."""
+
+    _fields_ = [
+        ("tx_packets", c_uint64),
+        ("tx_bytes", c_uint64),
+        ("rx_packets", c_uint64),
+        ("rx_bytes", c_uint64),
+        ("lifetime", c_uint32),
+        ("flags", c_uint16),
+        ("pad", c_uint16),
+    ]
+
+
+class MetricsKey(Structure):
+    """struct mb_metrics_key (membrane/metrics.h)."""
+
+    _fields_ = [
+        ("ep_id", c_uint32),
+        ("direction", c_uint8),
+        ("verdict", c_uint8),
+        ("reason", c_uint8),
+        ("pad", c_uint8),
+    ]
+
+
+class MetricsValue(Structure):
+    """struct mb_metrics_value (membrane/metrics.h)."""
+
+    _fields_ = [("packets", c_uint64), ("bytes", c_uint64)]
+
+
+class NodeConfig(Structure):
+    """struct mb_node_config (membrane/config.h)."""
+
+    _fields_ = [("flags", c_uint32), ("pad", c_uint32)]
+
+
+class Meta(Structure):
+    """struct mb_meta (membrane/config.h)."""
+
+    _fields_ = [("obj_sha256", c_uint8 * 32)]
+
+
+class SkBuff(Structure):
+    """struct __sk_buff (linux/bpf.h), the context of tc programs in BPF_PROG_TEST_RUN."""
+
+    _fields_ = [
+        ("len", c_uint32),
+        ("pkt_type", c_uint32),
+        ("mark", c_uint32),
+        ("queue_mapping", c_uint32),
+        ("protocol", c_uint32),
+        ("vlan_present", c_uint32),
+        ("vlan_tci", c_uint32),
+        ("vlan_proto", c_uint32),
+        ("priority", c_uint32),
+        ("ingress_ifindex", c_uint32),
+        ("ifindex", c_uint32),
+        ("tc_index", c_uint32),
+        ("cb", c_uint32 * 5),
+        ("hash", c_uint32),
+        ("tc_classid", c_uint32),
+        ("data", c_uint32),
+        ("data_end", c_uint32),
+        ("napi_id", c_uint32),
+        ("family", c_uint32),
+        ("remote_ip4", c_uint32),
+        ("local_ip4", c_uint32),
+        ("remote_ip6", c_uint32 * 4),
+        ("local_ip6", c_uint32 * 4),
+        ("remote_port", c_uint32),
+        ("local_port", c_uint32),
+        ("data_meta", c_uint32),
+        ("flow_keys", c_uint64),
+        ("tstamp", c_uint64),
+        ("wire_len", c_uint32),
+        ("gso_segs", c_uint32),
+        ("sk", c_uint64),
+        ("gso_size", c_uint32),
+        ("tstamp_type", c_uint8),
+        ("_pad", c_uint8 * 3),
+        ("hwtstamp", c_uint64),
+    ]
+
+
+ABI_STRUCTS: dict[str, type[Structure]] = {
+    "struct mb_endpoint_key": EndpointKey,
+    "struct mb_endpoint_info": EndpointInfo,
+    "struct mb_ipcache_key": IPCacheKey,
+    "struct mb_ipcache_value": IPCacheValue,
+    "struct mb_ct_key": CTKey,
+    "struct mb_ct_entry": CTEntryC,
+    "struct mb_metrics_key": MetricsKey,
+    "struct mb_metrics_value": MetricsValue,
+    "struct mb_node_config": NodeConfig,
+    "struct mb_meta": Meta,
+}
+
+ABI_CONSTANTS: dict[str, int] = {
+    **{f"MB_FAMILY_{m.name}": m.value for m in Family},
+    **{f"MB_DIR_{m.name}": m.value for m in Direction},
+    **{f"MB_VERDICT_{m.name}": m.value for m in Verdict},
+    **{f"MB_DROP_{m.name}": m.value for m in DropReason if m is not DropReason.NONE},
+    "MB_REASON_NONE": DropReason.NONE.value,
+    **{f"MB_CT_F_{m.name}": m.value for m in CTFlags},
+    "MB_CT_F_CLOSING": int(CT_F_CLOSING),
+    "MB_CFG_F_REDIRECT_PEER": CFG_F_REDIRECT_PEER,
+    "MB_CT_SYN_TIMEOUT": CT_SYN_TIMEOUT,
+    "MB_CT_ESTABLISHED_TIMEOUT": CT_ESTABLISHED_TIMEOUT,
+    "MB_CT_CLOSE_TIMEOUT": CT_CLOSE_TIMEOUT,
+    "MB_CT_DATAGRAM_TIMEOUT": CT_DATAGRAM_TIMEOUT,
+    "MB_IPCACHE_PREFIX_BASE": IPCACHE_PREFIX_BASE,
+    "MB_ENDPOINTS_MAX": ENDPOINTS_MAX,
+    "MB_IPCACHE_MAX": IPCACHE_MAX,
+    "MB_CT_MAX": CT_MAX,
+    "MB_METRICS_MAX": METRICS_MAX,
+}
+
+
+def to_bytes(s: Structure) -> bytes:
+    return ctypes.string_at(ctypes.addressof(s), ctypes.sizeof(s))

@@ -1,0 +1,246 @@
+"""Load bpf_lxc.o once per node, pin its maps and programs, attach them to endpoint veths.
+
+Pins live under `<pin_root>/<node>/` (maps) and `<pin_root>/<node>/progs/` (programs). The kernel
+state outlives the agent: on open, pinned maps are reused as they are, and pinned programs are
+reused too when they were loaded from an object with the same sha256 (recorded in the pinned
+`mb_meta` map, since bpffs holds only BPF objects). A new object is loaded against the same maps
+and its programs replace the pinned ones; attached veths keep the old programs until re-attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from membrane.datapath import libbpf
+from membrane.datapath.maps.config import MetaMap, NodeConfigMap
+from membrane.datapath.maps.ct import CTMap
+from membrane.datapath.maps.endpoints import EndpointMap
+from membrane.datapath.maps.ipcache import IPCacheMap
+from membrane.datapath.maps.metrics import MetricsMap
+from membrane.errors import DatapathError
+
+log = logging.getLogger(__name__)
+
+BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "membrane"
+OBJECT = "bpf_lxc.o"
+PROG_FROM = "mb_from_container"
+PROG_TO = "mb_to_container"
+PROGRAMS = (PROG_FROM, PROG_TO)
+# Our filters' fixed place on every veth, so attach replaces exactly our own filter.
+TC_HANDLE = 0x6D62
+TC_PRIORITY = 1
+
+
+def _bpffs_mounts() -> list[Path]:
+    mounts: list[Path] = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "bpf":
+                mounts.append(Path(parts[1].replace("\\040", " ")))
+    return mounts
+
+
+def _check_bpffs(pin_root: Path) -> None:
+    root = pin_root.resolve()
+    if not any(root == m or m in root.parents for m in _bpffs_mounts()):
+        raise DatapathError(
+            f"{pin_root} is not on a BPF filesystem: mount it with "
+            f"`mount -t bpf bpf {BPFFS}`"
+        )
+
+
+def _sha256(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+class Datapath:
+    """The node's loaded datapath: typed maps, program fds, tc attach/detach."""
+
+    def __init__(self, *, node: str, pin_dir: Path, reused: bool) -> None:
+        self.node = node
+        self.pin_dir = pin_dir
+        self.reused = reused
+        """True when the pinned programs were reused (same object), not loaded again."""
+        self._endpoints = EndpointMap.from_pin(str(pin_dir / "mb_endpoints"))
+        self._ipcache = IPCacheMap.from_pin(str(pin_dir / "mb_ipcache"))
+        self._ct = CTMap.from_pin(str(pin_dir / "mb_ct"))
+        self._metrics = MetricsMap.from_pin(str(pin_dir / "mb_metrics"))
+        self._config = NodeConfigMap.from_pin(str(pin_dir / "mb_config"))
+        self._meta = MetaMap.from_pin(str(pin_dir / "mb_meta"))
+        self._progs = {name: libbpf.obj_get(str(pin_dir / "progs" / name)) for name in PROGRAMS}
+        self._prog_ids = {name: libbpf.obj_id(fd) for name, fd in self._progs.items()}
+
+    # --- open ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, node: str, obj_dir: Path, pin_root: Path = PIN_ROOT) -> Datapath:
+        _check_bpffs(pin_root)
+        obj_path = Path(obj_dir) / OBJECT
+        if not obj_path.is_file():
+            raise DatapathError(f"BPF object {obj_path} is missing: run `make build`")
+        digest = _sha256(obj_path)
+        pin_dir = Path(pin_root) / node
+        progs_dir = pin_dir / "progs"
+        try:
+            progs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatapathError(f"cannot create pin directory {progs_dir}: {e}") from e
+
+        reused = cls._pinned_digest(pin_dir) == digest and all(
+            (progs_dir / p).exists() for p in PROGRAMS
+        )
+        if not reused:
+            cls._load(obj_path, pin_dir, digest)
+        dp = cls(node=node, pin_dir=pin_dir, reused=reused)
+        try:
+            dp._config.set(redirect_peer=redirect_peer_supported())
+        except Exception:
+            dp.close()
+            raise
+        log.info("datapath of node %s %s from %s", node,
+                 "reused pinned programs" if reused else "loaded", obj_path)
+        return dp
+
+    @staticmethod
+    def _pinned_digest(pin_dir: Path) -> bytes:
+        path = pin_dir / "mb_meta"
+        if not path.exists():
+            return b""
+        meta = MetaMap.from_pin(str(path))
+        try:
+            return meta.get_digest()
+        finally:
+            meta.close()
+
+    @staticmethod
+    def _load(obj_path: Path, pin_dir: Path, digest: bytes) -> None:
+        obj = libbpf.BpfObject(str(obj_path))
+        try:
+            for name in obj.map_names():
+                if name.startswith("mb_"):
+                    obj.set_pin_path(name, str(pin_dir / name))
+            try:
+                obj.load()
+            except DatapathError as e:
+                raise DatapathError(
+                    f"{e} (if a pinned map under {pin_dir} no longer matches the object, remove "
+                    "the node's pins: `membrane lab down` or Datapath.remove_pins)"
+                ) from e
+            for prog in PROGRAMS:
+                final = pin_dir / "progs" / prog
+                # bpffs refuses names with a dot (reserved for its own files).
+                tmp = final.with_name(f"{prog}_new")
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                libbpf.obj_pin(obj.prog_fd(prog), str(tmp))
+                os.replace(tmp, final)  # atomic on bpffs: never a moment without a pin
+            meta = MetaMap.from_pin(str(pin_dir / "mb_meta"))
+            try:
+                meta.set_digest(digest)
+            finally:
+                meta.close()
+        finally:
+            obj.close()
+
+    # --- maps ------------------------------------------------------------------------------
+    @property
+    def endpoints(self) -> EndpointMap:
+        return self._endpoints
+
+    @property
+    def ipcache(self) -> IPCacheMap:
+        return self._ipcache
+
+    @property
+    def ct(self) -> CTMap:
+        return self._ct
+
+    @property
+    def metrics(self) -> MetricsMap:
+        return self._metrics
+
+    @property
+    def config(self) -> NodeConfigMap:
+        return self._config
+
+    def prog_fd(self, name: str) -> int:
+        try:
+            return self._progs[name]
+        except KeyError:
+            raise DatapathError(f"no program {name} (have {', '.join(PROGRAMS)})") from None
+
+    def prog_id(self, name: str) -> int:
+        return self._prog_ids[name]
+
+    # --- tc ------------------------------------------------------------------------------------
+    def attach(self, ifindex: int) -> None:
+        """Attach from_container at tc ingress and to_container at tc egress of a host-side veth,
+        in the calling thread's namespace. Replaces what membrane attached before; idempotent."""
+        libbpf.tc_hook_create(ifindex)
+        libbpf.tc_attach(ifindex, libbpf.BPF_TC_INGRESS, self._progs[PROG_FROM], TC_HANDLE,
+                         TC_PRIORITY)
+        libbpf.tc_attach(ifindex, libbpf.BPF_TC_EGRESS, self._progs[PROG_TO], TC_HANDLE,
+                         TC_PRIORITY)
+
+    def is_attached(self, ifindex: int) -> bool:
+        """Whether exactly this datapath's programs are attached at both hooks."""
+        ing = libbpf.tc_query(ifindex, libbpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY)
+        eg = libbpf.tc_query(ifindex, libbpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY)
+        return ing == self._prog_ids[PROG_FROM] and eg == self._prog_ids[PROG_TO]
+
+    def detach(self, ifindex: int) -> bool:
+        """Remove membrane's filters from the veth; False when none were there."""
+        a = libbpf.tc_detach(ifindex, libbpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY)
+        b = libbpf.tc_detach(ifindex, libbpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY)
+        return a or b
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close our fds; pinned maps and programs (and attached filters) stay."""
+        for m in (self._endpoints, self._ipcache, self._ct, self._metrics, self._config,
+                  self._meta):
+            m.close()
+        for fd in self._progs.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._progs = {}
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def remove_pins(node: str, pin_root: Path = PIN_ROOT) -> bool:
+        """Unpin a node's maps and programs (`lab down`); False when there were none."""
+        pin_dir = Path(pin_root) / node
+        if not pin_dir.exists():
+            return False
+        for dirpath, dirnames, filenames in os.walk(pin_dir, topdown=False):
+            for f in filenames:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, f))
+            for d in dirnames:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(os.path.join(dirpath, d))
+        with contextlib.suppress(FileNotFoundError):
+            pin_dir.rmdir()
+        return True
+
+
+_redirect_peer: bool | None = None
+
+
+def redirect_peer_supported() -> bool:
+    """Whether tc programs may call bpf_redirect_peer() (kernel >= 5.10); probed once."""
+    global _redirect_peer
+    if _redirect_peer is None:
+        _redirect_peer = libbpf.probe_helper(libbpf.BPF_PROG_TYPE_SCHED_CLS,
+                                             libbpf.BPF_FUNC_redirect_peer)
+    return _redirect_peer
