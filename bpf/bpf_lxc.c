@@ -18,10 +18,14 @@ static __always_inline int mb_ingress(struct __sk_buff *skb, const struct mb_end
 				      const struct mb_pkt *p)
 {
 	int ct = mb_ct_process(p, MB_DIR_INGRESS, skb->len);
+	int ret;
 
 	if (ct < 0)
 		return ct;
-	return mb_policy_ingress(dst, p, ct);
+	ret = mb_policy_ingress(dst, p, ct);
+	if (ret < 0 || ct != MB_CT_NEW)
+		return ret;
+	return mb_ct_create(p, MB_DIR_INGRESS, skb->len);
 }
 
 static __always_inline int mb_from_arp(struct __sk_buff *skb)
@@ -62,6 +66,8 @@ static __always_inline int mb_from_ipv4(struct __sk_buff *skb, const struct mb_e
 		return mb_drop(skb, src->ep_id, MB_DIR_EGRESS, -ct);
 	/* Service translation (load-balancing issue) goes here, before egress policy. */
 	ret = mb_policy_egress(src, &p, ct);
+	if (ret == 0 && ct == MB_CT_NEW)
+		ret = mb_ct_create(&p, MB_DIR_EGRESS, skb->len);
 	if (ret < 0)
 		return mb_drop(skb, src->ep_id, MB_DIR_EGRESS, -ret);
 

@@ -68,15 +68,25 @@ static __always_inline void mb_ct_touch(struct mb_ct_entry *e, const struct mb_p
 	e->lifetime = now + mb_ct_timeout(p->proto, flags);
 }
 
+static __always_inline void mb_ct_key_of(struct mb_ct_key *key, const struct mb_pkt *p, __u8 dir)
+{
+	key->saddr = p->saddr;
+	key->daddr = p->daddr;
+	key->sport = p->sport;
+	key->dport = p->dport;
+	key->proto = p->proto;
+	key->direction = dir;
+	key->family = MB_FAMILY_IPV4;
+}
+
 /* dir is the direction at the endpoint doing the lookup. Returns enum mb_ct_status or a
- * negative drop reason. */
+ * negative drop reason. MB_CT_NEW creates nothing: the caller decides policy first and then
+ * calls mb_ct_create, so a refused first packet leaves no entry that later packets would pass
+ * as established. */
 static __always_inline int mb_ct_process(const struct mb_pkt *p, __u8 dir, __u32 len)
 {
-	struct mb_ct_key key = {
-		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
-		.proto = p->proto, .direction = dir, .family = MB_FAMILY_IPV4,
-	};
-	struct mb_ct_entry *e, entry = {};
+	struct mb_ct_key key = {};
+	struct mb_ct_entry *e;
 	__u32 now;
 
 	if (!p->known_l4)
@@ -85,6 +95,7 @@ static __always_inline int mb_ct_process(const struct mb_pkt *p, __u8 dir, __u32
 		return MB_CT_UNTRACKED;
 
 	now = mb_ct_now();
+	mb_ct_key_of(&key, p, dir);
 	e = mb_ct_find(&key, now);
 	if (e) {
 		mb_ct_touch(e, p, 0, len, now);
@@ -101,18 +112,22 @@ static __always_inline int mb_ct_process(const struct mb_pkt *p, __u8 dir, __u32
 		mb_ct_touch(e, p, 1, len, now);
 		return MB_CT_REPLY;
 	}
+	return MB_CT_NEW;
+}
 
-	key.saddr = p->saddr;
-	key.daddr = p->daddr;
-	key.sport = p->sport;
-	key.dport = p->dport;
-	key.direction = dir;
+/* After policy allowed a MB_CT_NEW packet: 0 or a negative drop reason. */
+static __always_inline int mb_ct_create(const struct mb_pkt *p, __u8 dir, __u32 len)
+{
+	struct mb_ct_key key = {};
+	struct mb_ct_entry entry = {};
+
+	mb_ct_key_of(&key, p, dir);
 	entry.tx_packets = 1;
 	entry.tx_bytes = len;
 	entry.flags = mb_ct_tcp_flags(p, 0);
-	entry.lifetime = now + mb_ct_timeout(p->proto, entry.flags);
+	entry.lifetime = mb_ct_now() + mb_ct_timeout(p->proto, entry.flags);
 	/* An LRU map evicts rather than fails when full; a failure here is a kernel refusal. */
 	if (bpf_map_update_elem(&mb_ct, &key, &entry, BPF_ANY) < 0)
 		return -MB_DROP_CT_CREATE_FAILED;
-	return MB_CT_NEW;
+	return 0;
 }

@@ -8,6 +8,7 @@
 #include <membrane/endpoint.h>
 #include <membrane/ipcache.h>
 #include <membrane/metrics.h>
+#include <membrane/policy.h>
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -17,7 +18,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_endpoints SEC(".maps");
 
-/* Written by the agent now; read by policy (next issue) to find the peer's identity. */
+/* The peer's identity by address, for policy. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, MB_IPCACHE_MAX);
@@ -26,6 +27,24 @@ struct {
 	__type(value, struct mb_ipcache_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MB_IPBLOCK_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mb_ipcache_key);
+	__type(value, struct mb_ipcache_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_ipblock SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MB_POLICY_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mb_policy_key);
+	__type(value, struct mb_policy_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_policy SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -59,4 +78,4 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_meta SEC(".maps");
 
-/* Next issues add here: the policy map (policy.h), the events ring buffer, service maps. */
+/* Next issues add here: the events ring buffer, service maps. */

@@ -14,6 +14,8 @@ struct mb_pkt {
 	__u8 tracked;		/* conntrack applies (TCP, UDP, ICMP echo) */
 	__u8 known_l4;		/* TCP, UDP or ICMP */
 	__u8 smac[ETH_ALEN];
+	__u8 icmp_type;		/* ICMP: policy matches the type where TCP/UDP match the port */
+	__u8 pad;
 };
 
 /* Returns 0 or a negative drop reason. */
@@ -65,6 +67,7 @@ static __always_inline int mb_parse_ipv4(struct __sk_buff *skb, struct mb_pkt *p
 		if (bpf_skb_load_bytes(skb, l4, &icmp, sizeof(icmp)) < 0)
 			return -MB_DROP_INVALID;
 		p->known_l4 = 1;
+		p->icmp_type = icmp.type;
 		/* Echo is a request/reply exchange and tracked; errors (unreachable, time exceeded,
 		 * ...) and other types pass untracked: they belong to the flow they quote. */
 		if (icmp.type == ICMP_ECHO) {

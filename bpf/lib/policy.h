@@ -1,26 +1,118 @@
-/* Policy enforcement points. Both hooks allow everything until the policy issue lands: they
- * will look up (endpoint, peer identity from mb_ipcache, direction, proto, dport) in the policy
- * map on MB_CT_NEW, pass replies and established traffic, and return -MB_DROP_POLICY (133) or
- * -MB_DROP_POLICY_DENY (181). Return 0 to allow or a negative drop reason. */
+/* Policy enforcement on the first packet of a connection (conntrack says MB_CT_NEW); replies
+ * and established traffic follow their connection. The lookup is (subject identity, peer
+ * identity, direction, protocol, destination port) in mb_policy, done for the peer's identity,
+ * for "any identity" (0) and for the peer address's ipBlock identity: an explicit deny found by
+ * any of them wins (181); else an allow found by any of them allows; else a default-deny
+ * marker (the subject is selected by a policy in this direction) drops (133); with no entry at
+ * all the subject is not enforced in this direction and the packet passes. The agent keeps the
+ * entries such that the longest match of one lookup is a deny whenever any deny of that lookup
+ * matches (it drops allows that a deny of the same peer covers), so one LPM lookup per peer
+ * identity is exact. membrane.policy.model is the same decision in Python. */
 #pragma once
 
 #include "conntrack.h"
 #include "maps.h"
 
+static __always_inline __u32 mb_ipcache_identity(void *map, __be32 addr)
+{
+	struct mb_ipcache_key key = {
+		.prefixlen = MB_IPCACHE_PREFIX_BASE + 32, .family = MB_FAMILY_IPV4, .ip4 = addr,
+	};
+	struct mb_ipcache_value *v = bpf_map_lookup_elem(map, &key);
+
+	return v ? v->identity : 0;
+}
+
+/* Peer identity by address: an endpoint's, the host's, a CIDR's; world when none is known. */
+static __always_inline __u32 mb_peer_identity(__be32 addr)
+{
+	__u32 id = mb_ipcache_identity(&mb_ipcache, addr);
+
+	return id ? id : MB_IDENTITY_WORLD;
+}
+
+static __always_inline struct mb_policy_value *
+mb_policy_find(__u32 subject, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
+{
+	struct mb_policy_key key = {
+		.prefixlen = MB_POLICY_FULL_PREFIX, .subject = subject, .peer = peer,
+		.direction = dir, .proto = proto, .dport = dport,
+	};
+
+	return bpf_map_lookup_elem(&mb_policy, &key);
+}
+
+/* What one lookup found, as bits: the verifier refuses arithmetic on map value pointers, so
+ * the three answers are folded into integers before they are combined. */
+#define MB_FOUND_ANY (1 << 0)
+#define MB_FOUND_ALLOW (1 << 1)
+#define MB_FOUND_DENY (1 << 2)
+
+static __always_inline int mb_policy_found(__u32 subject, __u32 peer, __u8 dir, __u8 proto,
+					   __be16 dport)
+{
+	struct mb_policy_value *v = mb_policy_find(subject, peer, dir, proto, dport);
+	__u16 flags;
+
+	if (!v)
+		return 0;
+	flags = v->flags;
+	if (flags & MB_POLICY_F_DENY)
+		return MB_FOUND_ANY | MB_FOUND_DENY;
+	if (flags & MB_POLICY_F_DEFAULT_DENY)
+		return MB_FOUND_ANY;
+	return MB_FOUND_ANY | MB_FOUND_ALLOW;
+}
+
+/* 0 to allow or a negative drop reason. */
+static __always_inline int mb_policy_decide(__u32 subject, __u32 peer, __be32 peer_addr,
+					    __u8 dir, const struct mb_pkt *p)
+{
+	__be16 dport = p->dport;
+	__u32 block;
+	int found;
+
+	if (p->proto == IPPROTO_ICMP)
+		dport = bpf_htons(p->icmp_type);
+	found = mb_policy_found(subject, peer, dir, p->proto, dport);
+	found |= mb_policy_found(subject, 0, dir, p->proto, dport);
+	block = mb_ipcache_identity(&mb_ipblock, peer_addr);
+	if (block)
+		found |= mb_policy_found(subject, block, dir, p->proto, dport);
+
+	if (found & MB_FOUND_DENY)
+		return -MB_DROP_POLICY_DENY;
+	if ((found & MB_FOUND_ALLOW) || !found)
+		return 0;
+	return -MB_DROP_POLICY;
+}
+
+/* ICMP errors quote the flow they belong to and pass as related traffic. */
+static __always_inline int mb_policy_applies(const struct mb_pkt *p, int ct_status)
+{
+	if (ct_status == MB_CT_NEW)
+		return 1;
+	if (ct_status != MB_CT_UNTRACKED)
+		return 0;
+	return !(p->proto == IPPROTO_ICMP &&
+		 (p->icmp_type == ICMP_DEST_UNREACH || p->icmp_type == ICMP_TIME_EXCEEDED ||
+		  p->icmp_type == ICMP_PARAMETERPROB));
+}
+
 static __always_inline int mb_policy_egress(const struct mb_endpoint_info *src,
 					    const struct mb_pkt *p, int ct_status)
 {
-	(void)src;
-	(void)p;
-	(void)ct_status;
-	return 0;
+	if (!mb_policy_applies(p, ct_status))
+		return 0;
+	return mb_policy_decide(src->identity, mb_peer_identity(p->daddr), p->daddr,
+				MB_DIR_EGRESS, p);
 }
 
 static __always_inline int mb_policy_ingress(const struct mb_endpoint_info *dst,
 					     const struct mb_pkt *p, int ct_status)
 {
-	(void)dst;
-	(void)p;
-	(void)ct_status;
-	return 0;
+	if (!dst || !mb_policy_applies(p, ct_status))
+		return 0;
+	return mb_policy_decide(dst->identity, mb_peer_identity(p->saddr), p->saddr,
+				MB_DIR_INGRESS, p);
 }

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from membrane.errors import InputError
-from membrane.lab.manifests import (
+from membrane.k8s.manifests import (
     Container,
     ContainerPort,
     Namespace,

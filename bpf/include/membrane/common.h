@@ -15,6 +15,10 @@ enum mb_direction {
 	MB_DIR_EGRESS = 2,
 };
 
+/* Reserved security identities the datapath itself uses (Cilium's numbers). */
+#define MB_IDENTITY_HOST 1
+#define MB_IDENTITY_WORLD 2
+
 enum mb_verdict {
 	MB_VERDICT_FORWARDED = 1,
 	MB_VERDICT_DROPPED = 2,

@@ -21,3 +21,10 @@ struct mb_ipcache_key {
 struct mb_ipcache_value {
 	__u32 identity;
 };
+
+/* mb_ipblock: the same keys and values, for the prefixes of Kubernetes NetworkPolicy ipBlocks.
+ * Its identities match by address whatever the address's own identity is (pods included),
+ * as the NetworkPolicy API requires; mb_ipcache's CIDR identities only cover addresses that
+ * no endpoint or node owns, as Cilium's toCIDR does. */
+#define MB_IPBLOCK_MAP "mb_ipblock"
+#define MB_IPBLOCK_MAX 16384

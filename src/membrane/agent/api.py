@@ -87,24 +87,56 @@ def _ep_id(request: web.Request) -> EndpointID:
     return EndpointID(int(raw))
 
 
+def _ports(data: dict[str, Any]) -> tuple[tuple[str, str, int], ...]:
+    raw = data.get("ports") or []
+    if not isinstance(raw, list):
+        raise InputError("ports", "must be a list")
+    out = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, dict) or set(p) - {"name", "protocol", "port"}:
+            raise InputError(f"ports[{i}]", "must be an object of name, protocol and port")
+        name, proto, port = p.get("name") or "", p.get("protocol", "TCP"), p.get("port")
+        if not isinstance(name, str) or proto not in ("TCP", "UDP", "SCTP"):
+            raise InputError(f"ports[{i}]", "name must be a string, protocol TCP, UDP or SCTP")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise InputError(f"ports[{i}].port", f"{port!r} is not a port number 1-65535")
+        out.append((name, proto, port))
+    return tuple(out)
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise InputError(key, "required, a non-empty string")
+    return value
+
+
 class Routes:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+
+    def _ep_json(self, ep: Any) -> dict[str, Any]:
+        out: dict[str, Any] = ep.to_json()
+        pol = self.agent.policy
+        out["identity_labels"] = pol.identity_labels(ep.identity)
+        out["policy_enforcement"] = pol.engine.enforcement(ep.identity)
+        return out
 
     async def status(self, request: web.Request) -> web.Response:
         return reply(await self.agent.run_dp(self.agent.status))
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
         eps = await self.agent.run_dp(self.agent.endpoints.list)
-        return reply([ep.to_json() for ep in eps])
+        return reply([self._ep_json(ep) for ep in eps])
 
     async def get_endpoint(self, request: web.Request) -> web.Response:
         ep = await self.agent.run_dp(self.agent.endpoints.get, _ep_id(request))
-        return reply(ep.to_json())
+        return reply(self._ep_json(ep))
 
     async def create_endpoint(self, request: web.Request) -> web.Response:
         data = await _body(request)
-        unknown = set(data) - {"netns", "netns_name", "pod", "labels", "namespace_labels"}
+        unknown = set(data) - {"netns", "netns_name", "pod", "labels", "namespace_labels",
+                               "ports"}
         if unknown:
             raise InputError(sorted(unknown)[0], "unknown field")
         for key in ("netns", "netns_name", "pod"):
@@ -114,9 +146,10 @@ class Routes:
             netns=data.get("netns"), netns_name=data.get("netns_name"), pod=data.get("pod"),
             labels=_labels(data, "labels") or {},
             namespace_labels=_labels(data, "namespace_labels") or {},
+            ports=_ports(data),
         )
         ep = await self.agent.run_dp(self.agent.endpoints.create, req)
-        return reply(ep.to_json(), 201)
+        return reply(self._ep_json(ep), 201)
 
     async def patch_endpoint(self, request: web.Request) -> web.Response:
         data = await _body(request)
@@ -124,7 +157,7 @@ class Routes:
             self.agent.endpoints.update_labels, _ep_id(request), _labels(data, "labels"),
             _labels(data, "namespace_labels"),
         )
-        return reply(ep.to_json())
+        return reply(self._ep_json(ep))
 
     async def delete_endpoint(self, request: web.Request) -> web.Response:
         ep = await self.agent.run_dp(self.agent.endpoints.delete, _ep_id(request))
@@ -140,14 +173,82 @@ class Routes:
                 {"prefix": str(p), "identity": i} for p, i in sorted(dp.ipcache.dump().items())
             ],
             "metrics": dp.metrics.dump,
+            "ipblock": lambda: [
+                {"prefix": str(p), "identity": i} for p, i in sorted(dp.ipblock.dump().items())
+            ],
         }
+        if name == "policy":
+            raw = request.query.get("endpoint")
+            if raw is None or not raw.isdigit():
+                raise InputError("endpoint", "bpf policy list needs an endpoint id")
+
+            def of_endpoint() -> Any:
+                ep = self.agent.endpoints.get(EndpointID(int(raw)))
+                return self.agent.policy.entries_of(ep.identity)
+            return reply(await self.agent.run_dp(of_endpoint))
         if name not in dumps:
             raise NotFound(f"unknown map {name!r}; known: {', '.join(sorted(dumps))}")
         return reply(await self.agent.run_dp(dumps[name]))
 
 
+    # --- policy --------------------------------------------------------------------------------
+    async def import_policies(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        pol = self.agent.policy
+        if isinstance(data.get("objects"), list):
+            keys = await self.agent.run_dp(pol.import_objects, data["objects"])
+            return reply({"imported": keys})
+        text, source = _str(data, "text"), data.get("source") or "<stdin>"
+        keys = await self.agent.run_dp(pol.import_text, text, str(source))
+        return reply({"imported": keys})
+
+    async def delete_policies(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        pol = self.agent.policy
+        if "text" in data:
+            parsed = await self.agent.run_dp(pol.parse, _str(data, "text"),
+                                             str(data.get("source") or "<stdin>"))
+            keys = [p.key for _, p in parsed]
+        else:
+            raw = data.get("keys")
+            if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
+                raise InputError("keys", "must be a list of policy names")
+            keys = list(raw)
+        return reply({"deleted": await self.agent.run_dp(pol.delete, keys)})
+
+    async def list_policies(self, request: web.Request) -> web.Response:
+        return reply(await self.agent.run_dp(self.agent.policy.listing))
+
+    async def get_policy(self, request: web.Request) -> web.Response:
+        key = request.query.get("key", "")
+        return reply(await self.agent.run_dp(self.agent.policy.get, key))
+
+    async def trace(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        port = data.get("port")
+        if not isinstance(port, int) or isinstance(port, bool):
+            raise InputError("port", "required, a number")
+        result = await self.agent.run_dp(self.agent.policy.trace, _str(data, "from"),
+                                         _str(data, "to"), port,
+                                         str(data.get("protocol") or "TCP"))
+        return reply(result)
+
+    async def list_identities(self, request: web.Request) -> web.Response:
+        return reply(await self.agent.run_dp(self.agent.policy.identities_json))
+
+    async def get_identity(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        if not raw.isdigit():
+            raise InputError("identity", f"{raw!r} is not a number")
+        ids = await self.agent.run_dp(self.agent.policy.identities_json)
+        for i in ids:
+            if i["id"] == int(raw):
+                return reply(i)
+        raise NotFound(f"identity {raw} not found")
+
+
 def build_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json])
+    app = web.Application(middlewares=[errors_as_json], client_max_size=16 * 1024 * 1024)
     r = Routes(agent)
     app.router.add_get("/v1/status", r.status)
     app.router.add_get("/v1/endpoints", r.list_endpoints)
@@ -156,6 +257,13 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_patch("/v1/endpoints/{id}", r.patch_endpoint)
     app.router.add_delete("/v1/endpoints/{id}", r.delete_endpoint)
     app.router.add_get("/v1/bpf/{map}", r.bpf_map)
+    app.router.add_post("/v1/policies", r.import_policies)
+    app.router.add_get("/v1/policies", r.list_policies)
+    app.router.add_get("/v1/policy", r.get_policy)
+    app.router.add_post("/v1/policies/delete", r.delete_policies)
+    app.router.add_post("/v1/policy/trace", r.trace)
+    app.router.add_get("/v1/identities", r.list_identities)
+    app.router.add_get("/v1/identities/{id}", r.get_identity)
     return app
 
 

@@ -16,6 +16,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
+from membrane.agent.policy import PolicyService
 from membrane.datapath import netns
 from membrane.datapath.loader import Datapath
 from membrane.datapath.netlink import Netlink, write_sysctl
@@ -68,6 +69,7 @@ class Agent:
         self.ipam: IPAM
         self.endpoints: EndpointManager
         self.identities: LocalIdentityAllocator
+        self.policy: PolicyService
 
     # --- running kernel work -----------------------------------------------------------
     async def run_dp(self, fn: Callable[..., T], *args: Any) -> T:
@@ -115,14 +117,21 @@ class Agent:
         self.datapath = Datapath.open(cfg.node, cfg.bpf_dir, cfg.pin_root)
         # Identities are re-taken from the endpoints; the snapshot keeps their numbers stable.
         self.identities = self._load_identities()
+        self.policy = PolicyService(
+            datapath=self.datapath, identities=self.identities, state_dir=cfg.state_dir,
+            endpoints=lambda: self.endpoints.list(), reconcile_ipcache=self.reconcile_ipcache,
+        )
+        self.policy.load()
         self.endpoints = EndpointManager(
             node=cfg.node, datapath=self.datapath, netlink=self.netlink, ipam=self.ipam,
             identities=self.identities, store=EndpointStore(cfg.state_dir / "endpoints.json"),
-            on_identities_changed=self.save_identities,
+            on_identities_changed=self.save_identities, listener=self.policy,
         )
         self.restore_stats = self.endpoints.restore()
+        self.policy.endpoints_changed({ep.identity for ep in self.endpoints.list()})
         self.identities.forget_remembered()
         self.restore_stats["ipcache_writes"] = self.reconcile_ipcache()
+        self.restore_stats["policy_writes"] = self.policy.finish_loading()
         self.save_identities()
         log.info("node %s ready: %s", cfg.node, self.restore_stats)
 
@@ -130,6 +139,7 @@ class Agent:
         want = desired_ipcache(
             node_addresses=self.netlink.addresses(),
             endpoints=[(ep.ipv4, ep.identity) for ep in self.endpoints.list()],
+            cidrs=self.policy.engine.prefix_identities("cidr"),
         )
         res = reconcile(desired=want, actual=self.datapath.ipcache.dump(),
                         ops=self.datapath.ipcache)
@@ -148,6 +158,8 @@ class Agent:
             "gateway": str(self.ipam.gateway),
             "endpoints": len(self.endpoints.endpoints),
             "identities": len(self.identities.all()),
+            "policies": len(self.policy.engine.policies),
+            "policy_writes": self.policy.writes,
             "uptime_s": round(time.time() - self.started, 1),
             "pid": os.getpid(),
             "pin_dir": str(cfg.pin_root / cfg.node),
@@ -155,7 +167,8 @@ class Agent:
             "conntrack_gc_removed": self.ct_gc_removed,
             "maps": {
                 m.name: {"entries": m.count(), "max_entries": m.max_entries}
-                for m in (self.datapath.endpoints, self.datapath.ipcache, self.datapath.ct)
+                for m in (self.datapath.endpoints, self.datapath.ipcache, self.datapath.ipblock,
+                          self.datapath.policy, self.datapath.ct)
             },
         }
 

@@ -8,12 +8,17 @@ from typing import Any
 from membrane.cli.client import Client
 from membrane.cli.common import add_node, add_output
 from membrane.cli.output import emit
+from membrane.errors import InputError
 
 MAPS: dict[str, list[tuple[str, str]] | None] = {
     "endpoint": [("IP", "ip"), ("ID", "ep_id"), ("IFINDEX", "ifindex"), ("MAC", "mac"),
                  ("NODE-MAC", "node_mac"), ("IDENTITY", "identity")],
     "ct": None,
     "ipcache": [("PREFIX", "prefix"), ("IDENTITY", "identity")],
+    "ipblock": [("PREFIX", "prefix"), ("IDENTITY", "identity")],
+    "policy": [("DIRECTION", "direction"), ("PEER", "peer"), ("PEER-LABELS", "peer_labels"),
+               ("PROTO", "protocol"), ("PORT", "port"), ("BITS", "port_bits"),
+               ("VERDICT", "verdict"), ("POLICY", "policy")],
     "metrics": [("ENDPOINT", "ep_id"), ("DIRECTION", "direction"), ("VERDICT", "verdict"),
                 ("REASON", "reason"), ("PACKETS", "packets"), ("BYTES", "bytes")],
 }
@@ -26,13 +31,20 @@ def register(sub: Any) -> None:
         m = maps.add_parser(name, help=f"the {name} map")
         verbs = m.add_subparsers(dest="verb", required=True)
         ls = verbs.add_parser("list")
+        if name == "policy":
+            ls.add_argument("endpoint", help="endpoint id")
         add_node(ls)
         add_output(ls)
         ls.set_defaults(func=list_, map_name=name)
 
 
 def list_(args: argparse.Namespace) -> int:
-    rows = Client.for_node(args.node).get(f"/v1/bpf/{args.map_name}")
+    path = f"/v1/bpf/{args.map_name}"
+    if args.map_name == "policy":
+        if not args.endpoint.isdigit():
+            raise InputError("endpoint id", f"{args.endpoint!r} is not a number")
+        path += f"?endpoint={args.endpoint}"
+    rows = Client.for_node(args.node).get(path)
     columns = MAPS[args.map_name]
     if columns is None and rows:
         columns = [(k.upper(), k) for k in rows[0]]

@@ -17,6 +17,7 @@ from membrane.lab import node
 from membrane.lab.node import DEFAULT_POD_CIDR, LabPaths
 
 DEMO = Path(__file__).resolve().parents[1] / "lab" / "demo" / "farm.yaml"
+DEMO_POLICY = DEMO.with_name("policy.yaml")
 
 
 def register(sub: Any) -> None:
@@ -90,7 +91,7 @@ def _read(filename: str) -> tuple[str, str]:
 def cmd_apply(args: argparse.Namespace) -> int:
     text, source = _read(args.filename)
     # Validate here first, so a bad file fails before anything is sent.
-    from membrane.lab.manifests import load_manifests
+    from membrane.k8s.manifests import load_manifests
 
     load_manifests(text, source)
     for line in _runtime(args.name).post("/v1/apply", {"text": text, "source": source})["applied"]:
@@ -126,7 +127,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from membrane.lab.manifests import parse_label_args
+    from membrane.k8s.manifests import parse_label_args
 
     kind = "pod" if args.kind.startswith("pod") else "namespace"
     if kind == "pod" and "/" not in args.target:
@@ -213,6 +214,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         res = rt.post("/v1/probe", {"port": port, "protocol": "TCP", "timeout": 1.0})
         print(f"\nconnectivity on TCP {port} ('.' connected, 'X' refused):\n")
         print(probe_matrix(res))
-    print(f"\nExplore: .venv/bin/membrane endpoint list | bpf ct list | lab probe --port 80\n"
+    rt.post("/v1/apply", {"text": DEMO_POLICY.read_text(), "source": str(DEMO_POLICY)})
+    print(f"\nNow the talk's policy ({DEMO_POLICY.name}): role=backend accepts only "
+          "role=frontend, on 3306.")
+    dbs = [p["metadata"]["namespace"] + "/" + p["metadata"]["name"]
+           for p in rt.get("/v1/pods")
+           if p["metadata"].get("labels", {}).get("role") == "backend"]
+    res = rt.post("/v1/probe", {"port": 3306, "protocol": "TCP", "timeout": 1.0, "to": dbs})
+    print("\nconnectivity on TCP 3306 with the policy:\n")
+    print(probe_matrix(res))
+    agent = Client(paths.agent_socket)
+    for src in ("farm/web-1", "farm/other"):
+        tr = agent.post("/v1/policy/trace", {"from": src, "to": "farm/db-1", "port": 3306,
+                                             "protocol": "TCP"})
+        why = "; ".join(n for s in tr["steps"] for n in s["allowed_by"] + s["denied_by"])
+        print(f"\npolicy trace {src} -> farm/db-1 3306/TCP: {tr['verdict']}"
+              + (f" ({why})" if why else " (no rule allows it: default deny)"))
+    print("\nExplore: .venv/bin/membrane endpoint list | policy list | identity list | "
+          "bpf policy list ID | lab probe --port 3306\n"
           f"Remove everything: make down (membrane lab down --name {args.name})")
     return 0

@@ -75,10 +75,18 @@ CT_ESTABLISHED_TIMEOUT = 21600
 CT_CLOSE_TIMEOUT = 10
 CT_DATAGRAM_TIMEOUT = 60
 IPCACHE_PREFIX_BASE = 32
+POLICY_PREFIX_BASE = 72
+POLICY_FULL_PREFIX = 96
+POLICY_F_DENY = 1 << 0
+POLICY_F_DEFAULT_DENY = 1 << 1
+IDENTITY_HOST = 1
+IDENTITY_WORLD = 2
 
 ENDPOINTS_MAX = 16384
 IPCACHE_MAX = 65536
 CT_MAX = 65536
+IPBLOCK_MAX = 16384
+POLICY_MAX = 65536
 METRICS_MAX = 65536
 
 
@@ -122,6 +130,25 @@ class IPCacheValue(Structure):
     """struct mb_ipcache_value (membrane/ipcache.h)."""
 
     _fields_ = [("identity", c_uint32)]
+
+
+class PolicyKey(Structure):
+    """struct mb_policy_key (membrane/policy.h)."""
+
+    _fields_ = [
+        ("prefixlen", c_uint32),
+        ("subject", c_uint32),
+        ("peer", c_uint32),
+        ("direction", c_uint8),
+        ("proto", c_uint8),
+        ("dport", c_uint16),
+    ]
+
+
+class PolicyValue(Structure):
+    """struct mb_policy_value (membrane/policy.h)."""
+
+    _fields_ = [("cookie", c_uint32), ("flags", c_uint16), ("pad", c_uint16)]
 
 
 class CTKey(Structure):
@@ -230,6 +257,8 @@ ABI_STRUCTS: dict[str, type[Structure]] = {
     "struct mb_endpoint_info": EndpointInfo,
     "struct mb_ipcache_key": IPCacheKey,
     "struct mb_ipcache_value": IPCacheValue,
+    "struct mb_policy_key": PolicyKey,
+    "struct mb_policy_value": PolicyValue,
     "struct mb_ct_key": CTKey,
     "struct mb_ct_entry": CTEntryC,
     "struct mb_metrics_key": MetricsKey,
@@ -252,6 +281,14 @@ ABI_CONSTANTS: dict[str, int] = {
     "MB_CT_CLOSE_TIMEOUT": CT_CLOSE_TIMEOUT,
     "MB_CT_DATAGRAM_TIMEOUT": CT_DATAGRAM_TIMEOUT,
     "MB_IPCACHE_PREFIX_BASE": IPCACHE_PREFIX_BASE,
+    "MB_POLICY_PREFIX_BASE": POLICY_PREFIX_BASE,
+    "MB_POLICY_FULL_PREFIX": POLICY_FULL_PREFIX,
+    "MB_POLICY_F_DENY": POLICY_F_DENY,
+    "MB_POLICY_F_DEFAULT_DENY": POLICY_F_DEFAULT_DENY,
+    "MB_IDENTITY_HOST": IDENTITY_HOST,
+    "MB_IDENTITY_WORLD": IDENTITY_WORLD,
+    "MB_IPBLOCK_MAX": IPBLOCK_MAX,
+    "MB_POLICY_MAX": POLICY_MAX,
     "MB_ENDPOINTS_MAX": ENDPOINTS_MAX,
     "MB_IPCACHE_MAX": IPCACHE_MAX,
     "MB_CT_MAX": CT_MAX,

@@ -21,6 +21,7 @@ from membrane.datapath.maps.ct import CTMap
 from membrane.datapath.maps.endpoints import EndpointMap
 from membrane.datapath.maps.ipcache import IPCacheMap
 from membrane.datapath.maps.metrics import MetricsMap
+from membrane.datapath.maps.policy import PolicyMap
 from membrane.errors import DatapathError
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class Datapath:
         """True when the pinned programs were reused (same object), not loaded again."""
         self._endpoints = EndpointMap.from_pin(str(pin_dir / "mb_endpoints"))
         self._ipcache = IPCacheMap.from_pin(str(pin_dir / "mb_ipcache"))
+        self._ipblock = IPCacheMap.from_pin(str(pin_dir / "mb_ipblock"))
+        self._policy = PolicyMap.from_pin(str(pin_dir / "mb_policy"))
         self._ct = CTMap.from_pin(str(pin_dir / "mb_ct"))
         self._metrics = MetricsMap.from_pin(str(pin_dir / "mb_metrics"))
         self._config = NodeConfigMap.from_pin(str(pin_dir / "mb_config"))
@@ -157,6 +160,14 @@ class Datapath:
         return self._ipcache
 
     @property
+    def ipblock(self) -> IPCacheMap:
+        return self._ipblock
+
+    @property
+    def policy(self) -> PolicyMap:
+        return self._policy
+
+    @property
     def ct(self) -> CTMap:
         return self._ct
 
@@ -202,8 +213,8 @@ class Datapath:
     # --- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
         """Close our fds; pinned maps and programs (and attached filters) stay."""
-        for m in (self._endpoints, self._ipcache, self._ct, self._metrics, self._config,
-                  self._meta):
+        for m in (self._endpoints, self._ipcache, self._ipblock, self._policy, self._ct,
+                  self._metrics, self._config, self._meta):
             m.close()
         for fd in self._progs.values():
             with contextlib.suppress(OSError):

@@ -18,7 +18,13 @@ from membrane.datapath import netns
 from membrane.datapath.maps.endpoints import EndpointEntry
 from membrane.datapath.netlink import Netlink
 from membrane.endpoint.ipam import IPAM
-from membrane.endpoint.model import Endpoint, EndpointStore, host_ifname, next_endpoint_id
+from membrane.endpoint.model import (
+    Endpoint,
+    EndpointStore,
+    PortDecl,
+    host_ifname,
+    next_endpoint_id,
+)
 from membrane.errors import Conflict, InputError, NotFound
 from membrane.identity import IdentityAllocator
 from membrane.labels import Labels, security_labels
@@ -57,6 +63,30 @@ class IPCachePort(Protocol):
     def dump(self) -> dict[IPv4Network, int]: ...
 
 
+class IdentityListener(Protocol):
+    """Told of identities as they come and go, before the endpoint's maps point at them, so
+    policy entries of a new identity exist before its first packet (the policy engine)."""
+
+    def identity_added(self, identity: Identity, labels: Labels) -> None: ...
+
+    def identity_removed(self, identity: Identity) -> None: ...
+
+    def endpoints_changed(self, identities: set[Identity]) -> None:
+        """Endpoints of these identities came, went or changed ports (named ports)."""
+        ...
+
+
+class _NoListener:
+    def identity_added(self, identity: Identity, labels: Labels) -> None:
+        pass
+
+    def identity_removed(self, identity: Identity) -> None:
+        pass
+
+    def endpoints_changed(self, identities: set[Identity]) -> None:
+        pass
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CreateRequest:
     netns: str | None = None
@@ -64,6 +94,7 @@ class CreateRequest:
     pod: str | None = None
     labels: Mapping[str, str]
     namespace_labels: Mapping[str, str]
+    ports: tuple[PortDecl, ...] = ()
 
 
 class EndpointManager:
@@ -77,6 +108,7 @@ class EndpointManager:
         identities: IdentityAllocator,
         store: EndpointStore,
         on_identities_changed: Callable[[], None] = lambda: None,
+        listener: IdentityListener | None = None,
     ) -> None:
         self.node = node
         self.datapath = datapath
@@ -85,6 +117,7 @@ class EndpointManager:
         self.identities = identities
         self.store = store
         self._identities_changed = on_identities_changed
+        self.listener: IdentityListener = listener or _NoListener()
         self.endpoints: dict[EndpointID, Endpoint] = store.load()
         self._last_id = max(self.endpoints, default=0)
 
@@ -114,13 +147,22 @@ class EndpointManager:
 
     def _allocate_identity(self, pod: str | None, labels: Mapping[str, str],
                            ns_labels: Mapping[str, str]) -> Identity:
-        ident = self.identities.allocate(self._security_labels(pod, labels, ns_labels))
+        labels_ = self._security_labels(pod, labels, ns_labels)
+        ident = self.identities.allocate(labels_)
+        if self.identities.refcount(ident) == 1:
+            try:
+                self.listener.identity_added(ident, labels_)
+            except BaseException:
+                self.identities.release(ident)
+                self.listener.identity_removed(ident)
+                raise
         self._identities_changed()
         return ident
 
     def _release_identity(self, ident: Identity) -> None:
         if ident:
-            self.identities.release(ident)
+            if self.identities.release(ident):
+                self.listener.identity_removed(ident)
             self._identities_changed()
 
     # --- datapath writes -----------------------------------------------------------------
@@ -149,6 +191,10 @@ class EndpointManager:
                 raise Conflict(
                     f"pod {req.pod} is already endpoint {existing.id} in {existing.netns}"
                 )
+            if tuple(req.ports) != tuple(existing.ports):
+                self.endpoints[existing.id] = existing.with_changes(ports=tuple(req.ports))
+                self.store.save(self.endpoints)
+                self.listener.endpoints_changed({existing.identity})
             return self.update_labels(existing.id, req.labels, req.namespace_labels)
         if netns_path is not None and req.netns is not None and not Path(netns_path).exists():
             raise NotFound(f"network namespace {netns_path} does not exist")
@@ -181,13 +227,14 @@ class EndpointManager:
                 id=ep_id, ipv4=ip, netns=netns_path, owns_netns=owns, ifname=ifname,
                 ifindex=host.ifindex, mac=pod_link.mac, node_mac=host.mac, pod=req.pod,
                 labels=dict(req.labels), namespace_labels=dict(req.namespace_labels),
-                identity=ident,
+                identity=ident, ports=tuple(req.ports),
             )
             self._write_maps(ep)
             undo.append(lambda: self._clear_maps(ep))
             self.endpoints[ep_id] = ep
             self._last_id = ep_id
             self.store.save(self.endpoints)
+            self.listener.endpoints_changed({ident})
         except BaseException:
             self.endpoints.pop(ep_id, None)
             for step in reversed(undo):
@@ -209,6 +256,7 @@ class EndpointManager:
         self._write_maps(new)
         self.endpoints[ep_id] = new
         self.store.save(self.endpoints)
+        self.listener.endpoints_changed({ep.identity, ident})
         self._release_identity(ep.identity)
         return new
 
@@ -221,9 +269,10 @@ class EndpointManager:
         if ep.owns_netns:
             netns.remove(ep.netns)
         self.ipam.release(f"endpoint:{ep_id}")
-        self._release_identity(ep.identity)
         del self.endpoints[ep_id]
         self.store.save(self.endpoints)
+        self.listener.endpoints_changed({ep.identity})
+        self._release_identity(ep.identity)
         log.info("endpoint %d deleted", ep_id)
         return ep
 

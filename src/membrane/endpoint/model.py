@@ -14,6 +14,9 @@ from membrane.errors import MembraneError
 from membrane.types import EndpointID, Identity
 
 MAX_ENDPOINT_ID = 65535
+
+PortDecl = tuple[str, str, int]
+"""A declared container port: (name or "", protocol TCP/UDP/SCTP, number)."""
 UNKNOWN_IDENTITY = Identity(0)
 
 
@@ -32,6 +35,7 @@ class Endpoint:
     namespace_labels: Mapping[str, str] = field(default_factory=dict)
     identity: Identity = UNKNOWN_IDENTITY
     state: str = "ready"
+    ports: tuple[PortDecl, ...] = ()
 
     @property
     def namespace(self) -> str | None:
@@ -55,6 +59,7 @@ class Endpoint:
             "namespace_labels": dict(self.namespace_labels),
             "identity": self.identity,
             "state": self.state,
+            "ports": [{"name": n, "protocol": p, "port": port} for n, p, port in self.ports],
         }
 
     @classmethod
@@ -73,6 +78,8 @@ class Endpoint:
             namespace_labels=dict(d.get("namespace_labels", {})),
             identity=Identity(int(d.get("identity", 0))),
             state=str(d.get("state", "ready")),
+            ports=tuple((str(p.get("name", "")), str(p["protocol"]), int(p["port"]))
+                        for p in d.get("ports", [])),
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 
 from membrane.types import Identity
@@ -24,9 +24,15 @@ def desired(
     *,
     node_addresses: Iterable[IPv4Address],
     endpoints: Iterable[tuple[IPv4Address, Identity]],
+    cidrs: Mapping[IPv4Network, Identity] | None = None,
 ) -> dict[IPv4Network, Identity]:
-    """The full ipcache: node addresses, endpoint addresses, and the world default."""
-    entries = node_entries(node_addresses)
+    """The full ipcache: policy CIDRs, node addresses, endpoint addresses, the world default.
+
+    A node's or endpoint's own address wins over a CIDR identity of the same prefix: toCIDR
+    selects what is outside the cluster.
+    """
+    entries = dict(cidrs or {})
+    entries.update(node_entries(node_addresses))
     for ip, identity in endpoints:
         entries[IPv4Network(f"{ip}/32")] = identity
     return entries

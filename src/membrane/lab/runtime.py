@@ -21,9 +21,10 @@ from membrane.agent.api import errors_as_json, reply
 from membrane.cli.client import Client
 from membrane.datapath import netns
 from membrane.errors import InputError, NotFound
-from membrane.lab.manifests import Namespace, Pod, RawObject, load_manifests
+from membrane.k8s.manifests import Namespace, Pod, RawObject, load_manifests
 from membrane.lab.node import LabPaths
 from membrane.lab.sockets import EchoServers, probe_one, start_echo
+from membrane.policy.parse import POLICY_KINDS, parse_policy
 
 log = logging.getLogger(__name__)
 BUILTIN_NAMESPACES = ("default", "kube-system")
@@ -49,6 +50,15 @@ class PodRecord:
         return obj
 
 
+def _raw_json(d: RawObject) -> dict[str, Any]:
+    return {"kind": d.kind, "namespace": d.namespace, "name": d.name, "body": d.body,
+            "where": d.where}
+
+
+def _policy_key(d: RawObject) -> str:
+    return f"{d.kind} {d.namespace}/{d.name}" if d.namespace else f"{d.kind} {d.name}"
+
+
 class LabRuntime:
     def __init__(self, name: str) -> None:
         self.paths = LabPaths(name)
@@ -72,6 +82,8 @@ class LabRuntime:
                 ep = await self._agent("POST", "/v1/endpoints", {
                     "netns": path, "pod": pod.key, "labels": dict(pod.labels),
                     "namespace_labels": self.namespaces[pod.namespace],
+                    "ports": [{"name": p.name or "", "protocol": p.protocol,
+                               "port": p.container_port} for p in pod.ports],
                 })
             except BaseException:
                 echo.close()
@@ -114,7 +126,9 @@ class LabRuntime:
         """All checks before any change: an apply that fails changes nothing."""
         declared = set(self.namespaces) | {d.name for d in docs if isinstance(d, Namespace)}
         for d in docs:
-            if isinstance(d, RawObject):
+            if isinstance(d, RawObject) and d.kind in POLICY_KINDS:
+                parse_policy(d)  # the agent parses again; this fails before any change
+            elif isinstance(d, RawObject):
                 raise InputError(d.where, f"kind {d.kind} is not supported by the lab yet")
             if isinstance(d, Pod) and d.namespace not in declared:
                 raise InputError(f"{source}: Pod {d.key}: metadata.namespace",
@@ -145,6 +159,10 @@ class LabRuntime:
                         rec.pod = d
                         await self._set_pod_labels(rec, dict(d.labels))
                     done.append(f"pod/{d.key}")
+                policies = [_raw_json(d) for d in docs if isinstance(d, RawObject)]
+                if policies:
+                    res = await self._agent("POST", "/v1/policies", {"objects": policies})
+                    done += [f"policy/{k}" for k in res["imported"]]
             except BaseException:
                 for key in created:
                     with contextlib.suppress(Exception):
@@ -156,6 +174,10 @@ class LabRuntime:
         docs = load_manifests(text, source)
         async with self.lock:
             done: list[str] = []
+            keys = [_policy_key(d) for d in docs if isinstance(d, RawObject)]
+            if keys:
+                res = await self._agent("POST", "/v1/policies/delete", {"keys": keys})
+                done += [f"policy/{k}" for k in res["deleted"]]
             for d in docs:
                 if isinstance(d, Pod) and d.key in self.pods:
                     await self._delete_pod(d.key)

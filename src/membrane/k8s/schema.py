@@ -24,6 +24,7 @@ class T(Enum):
 
     STR = "a string"
     INT = "an integer"
+    INT_OR_STR = "an integer or a string"
     BOOL = "a boolean"
     OBJ = "an object"
     LIST = "a list"
@@ -171,6 +172,8 @@ def _matches(value: Any, t: T) -> bool:
         return isinstance(value, str)
     if t is T.INT:
         return isinstance(value, int) and not isinstance(value, bool)
+    if t is T.INT_OR_STR:
+        return isinstance(value, (int, str)) and not isinstance(value, bool)
     if t is T.BOOL:
         return isinstance(value, bool)
     if t in (T.OBJ, T.STR_MAP):

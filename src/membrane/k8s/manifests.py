@@ -16,8 +16,8 @@ from typing import Any, Literal, TypeAlias
 import yaml
 
 from membrane.errors import InputError
-from membrane.lab import schema
-from membrane.lab.schema import check, join, show
+from membrane.k8s import schema
+from membrane.k8s.schema import check, join, show
 
 Protocol = Literal["TCP", "UDP", "SCTP"]
 PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
