@@ -18,6 +18,7 @@ from membrane.cli.client import Client, resolve_node
 from membrane.endpoint.manager import CreateRequest
 from membrane.endpoint.model import Endpoint
 from membrane.errors import InputError, MembraneError, NotFound
+from membrane.policy.engine import PolicyEngine
 from membrane.types import EndpointID, Identity
 
 
@@ -55,9 +56,20 @@ class FakeManager:
         return self.eps.pop(ep_id, None)
 
 
+class FakePolicy:
+    """The policy service as the endpoint routes use it: a real engine with no policies."""
+
+    def __init__(self) -> None:
+        self.engine = PolicyEngine(capacity=16)
+
+    def identity_labels(self, identity: int) -> list[str]:
+        return [f"k8s:id={identity}"]
+
+
 @dataclass
 class FakeAgent:
     endpoints: FakeManager = field(default_factory=FakeManager)
+    policy: FakePolicy = field(default_factory=FakePolicy)
 
     async def run_dp(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
