@@ -38,13 +38,22 @@ struct {
 } mb_ipblock SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MB_POLICY_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct mb_policy_key);
 	__type(value, struct mb_policy_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MB_POLICY_RANGES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mb_policy_range_key);
+	__type(value, struct mb_policy_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_policy_ranges SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

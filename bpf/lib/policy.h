@@ -1,13 +1,13 @@
 /* Policy enforcement on the first packet of a connection (conntrack says MB_CT_NEW); replies
- * and established traffic follow their connection. The lookup is (subject identity, peer
- * identity, direction, protocol, destination port) in mb_policy, done for the peer's identity,
- * for "any identity" (0) and for the peer address's ipBlock identity: an explicit deny found by
- * any of them wins (181); else an allow found by any of them allows; else a default-deny
- * marker (the subject is selected by a policy in this direction) drops (133); with no entry at
- * all the subject is not enforced in this direction and the packet passes. The agent keeps the
- * entries such that the longest match of one lookup is a deny whenever any deny of that lookup
- * matches (it drops allows that a deny of the same peer covers), so one LPM lookup per peer
- * identity is exact. membrane.policy.model is the same decision in Python. */
+ * and established traffic follow their connection. Entries are looked up (membrane/policy.h)
+ * for the peer's identity, for "any identity" (0) and for the peer address's ipBlock identity,
+ * each at its exact port, any port of the protocol, any protocol, and the longest port range:
+ * an explicit deny found by any lookup wins (181); else an allow found by any allows; else a
+ * default-deny marker (the subject is selected by a policy in this direction) drops (133);
+ * with no entry at all the subject is not enforced in this direction and the packet passes.
+ * The agent drops range allows that a range deny of the same peer covers, so the longest
+ * range match is a deny whenever any range deny matches. membrane.policy.entries.decide is
+ * the same decision in Python. */
 #pragma once
 
 #include "conntrack.h"
@@ -31,27 +31,14 @@ static __always_inline __u32 mb_peer_identity(__be32 addr)
 	return id ? id : MB_IDENTITY_WORLD;
 }
 
-static __always_inline struct mb_policy_value *
-mb_policy_find(__u32 subject, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
-{
-	struct mb_policy_key key = {
-		.prefixlen = MB_POLICY_FULL_PREFIX, .subject = subject, .peer = peer,
-		.direction = dir, .proto = proto, .dport = dport,
-	};
-
-	return bpf_map_lookup_elem(&mb_policy, &key);
-}
-
-/* What one lookup found, as bits: the verifier refuses arithmetic on map value pointers, so
- * the three answers are folded into integers before they are combined. */
+/* What a lookup found, as bits: the verifier refuses arithmetic on map value pointers, so the
+ * answers are folded into integers before they are combined. */
 #define MB_FOUND_ANY (1 << 0)
 #define MB_FOUND_ALLOW (1 << 1)
 #define MB_FOUND_DENY (1 << 2)
 
-static __always_inline int mb_policy_found(__u32 subject, __u32 peer, __u8 dir, __u8 proto,
-					   __be16 dport)
+static __always_inline int mb_policy_bits(const struct mb_policy_value *v)
 {
-	struct mb_policy_value *v = mb_policy_find(subject, peer, dir, proto, dport);
 	__u16 flags;
 
 	if (!v)
@@ -62,6 +49,30 @@ static __always_inline int mb_policy_found(__u32 subject, __u32 peer, __u8 dir, 
 	if (flags & MB_POLICY_F_DEFAULT_DENY)
 		return MB_FOUND_ANY;
 	return MB_FOUND_ANY | MB_FOUND_ALLOW;
+}
+
+/* Every entry of one peer identity that matches: exact port, any port of the protocol, any
+ * protocol, and the longest port range. A global (not inlined) function: the verifier checks
+ * it once with unknown arguments, instead of once per combination of its callers' answers. */
+__attribute__((noinline)) int mb_policy_found(__u32 subject, __u32 peer, __u8 dir, __u8 proto,
+					   __be16 dport)
+{
+	struct mb_policy_key key = {
+		.subject = subject, .peer = peer, .direction = dir, .proto = proto, .dport = dport,
+	};
+	struct mb_policy_range_key range = {
+		.prefixlen = MB_POLICY_RANGE_FULL_PREFIX, .subject = subject, .peer = peer,
+		.direction = dir, .proto = proto, .dport = dport,
+	};
+	int found;
+
+	found = mb_policy_bits(bpf_map_lookup_elem(&mb_policy, &key));
+	key.dport = 0;
+	found |= mb_policy_bits(bpf_map_lookup_elem(&mb_policy, &key));
+	key.proto = 0;
+	found |= mb_policy_bits(bpf_map_lookup_elem(&mb_policy, &key));
+	found |= mb_policy_bits(bpf_map_lookup_elem(&mb_policy_ranges, &range));
+	return found;
 }
 
 /* 0 to allow or a negative drop reason. */

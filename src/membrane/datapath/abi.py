@@ -75,8 +75,8 @@ CT_ESTABLISHED_TIMEOUT = 21600
 CT_CLOSE_TIMEOUT = 10
 CT_DATAGRAM_TIMEOUT = 60
 IPCACHE_PREFIX_BASE = 32
-POLICY_PREFIX_BASE = 72
-POLICY_FULL_PREFIX = 96
+POLICY_RANGE_PREFIX_BASE = 80
+POLICY_RANGE_FULL_PREFIX = 96
 POLICY_F_DENY = 1 << 0
 POLICY_F_DEFAULT_DENY = 1 << 1
 IDENTITY_HOST = 1
@@ -87,6 +87,7 @@ IPCACHE_MAX = 65536
 CT_MAX = 65536
 IPBLOCK_MAX = 16384
 POLICY_MAX = 65536
+POLICY_RANGES_MAX = 16384
 METRICS_MAX = 65536
 
 
@@ -134,6 +135,18 @@ class IPCacheValue(Structure):
 
 class PolicyKey(Structure):
     """struct mb_policy_key (membrane/policy.h)."""
+
+    _fields_ = [
+        ("subject", c_uint32),
+        ("peer", c_uint32),
+        ("direction", c_uint8),
+        ("proto", c_uint8),
+        ("dport", c_uint16),
+    ]
+
+
+class PolicyRangeKey(Structure):
+    """struct mb_policy_range_key (membrane/policy.h)."""
 
     _fields_ = [
         ("prefixlen", c_uint32),
@@ -258,6 +271,7 @@ ABI_STRUCTS: dict[str, type[Structure]] = {
     "struct mb_ipcache_key": IPCacheKey,
     "struct mb_ipcache_value": IPCacheValue,
     "struct mb_policy_key": PolicyKey,
+    "struct mb_policy_range_key": PolicyRangeKey,
     "struct mb_policy_value": PolicyValue,
     "struct mb_ct_key": CTKey,
     "struct mb_ct_entry": CTEntryC,
@@ -281,8 +295,9 @@ ABI_CONSTANTS: dict[str, int] = {
     "MB_CT_CLOSE_TIMEOUT": CT_CLOSE_TIMEOUT,
     "MB_CT_DATAGRAM_TIMEOUT": CT_DATAGRAM_TIMEOUT,
     "MB_IPCACHE_PREFIX_BASE": IPCACHE_PREFIX_BASE,
-    "MB_POLICY_PREFIX_BASE": POLICY_PREFIX_BASE,
-    "MB_POLICY_FULL_PREFIX": POLICY_FULL_PREFIX,
+    "MB_POLICY_RANGE_PREFIX_BASE": POLICY_RANGE_PREFIX_BASE,
+    "MB_POLICY_RANGE_FULL_PREFIX": POLICY_RANGE_FULL_PREFIX,
+    "MB_POLICY_RANGES_MAX": POLICY_RANGES_MAX,
     "MB_POLICY_F_DENY": POLICY_F_DENY,
     "MB_POLICY_F_DEFAULT_DENY": POLICY_F_DEFAULT_DENY,
     "MB_IDENTITY_HOST": IDENTITY_HOST,

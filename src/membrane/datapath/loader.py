@@ -21,7 +21,7 @@ from membrane.datapath.maps.ct import CTMap
 from membrane.datapath.maps.endpoints import EndpointMap
 from membrane.datapath.maps.ipcache import IPCacheMap
 from membrane.datapath.maps.metrics import MetricsMap
-from membrane.datapath.maps.policy import PolicyMap
+from membrane.datapath.maps.policy import PolicyMaps
 from membrane.errors import DatapathError
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class Datapath:
         self._endpoints = EndpointMap.from_pin(str(pin_dir / "mb_endpoints"))
         self._ipcache = IPCacheMap.from_pin(str(pin_dir / "mb_ipcache"))
         self._ipblock = IPCacheMap.from_pin(str(pin_dir / "mb_ipblock"))
-        self._policy = PolicyMap.from_pin(str(pin_dir / "mb_policy"))
+        self._policy = PolicyMaps.from_pins(str(pin_dir / "mb_policy"),
+                                            str(pin_dir / "mb_policy_ranges"))
         self._ct = CTMap.from_pin(str(pin_dir / "mb_ct"))
         self._metrics = MetricsMap.from_pin(str(pin_dir / "mb_metrics"))
         self._config = NodeConfigMap.from_pin(str(pin_dir / "mb_config"))
@@ -164,7 +165,7 @@ class Datapath:
         return self._ipblock
 
     @property
-    def policy(self) -> PolicyMap:
+    def policy(self) -> PolicyMaps:
         return self._policy
 
     @property

@@ -81,7 +81,11 @@ class PolicyEngine:
         self._prefix_ids: dict[tuple[PrefixKind, IPv4Network], Identity] = {}
         self.named_ports: dict[Identity, NamedPorts] = {}
         self._selections: dict[Selector, frozenset[Identity]] = {}
-        self._subject_rules: dict[LabelSelector, list[Rule]] = defaultdict(list)
+        self._by_label: dict[tuple[str, str], set[Identity]] = {}
+        self._selected_by: dict[Identity, set[Selector]] = {}
+        """Identity -> the cached selectors that select it (the selector cache, reversed)."""
+        """(label key, value) -> workload identities carrying it, whatever the source."""
+        self._subject_rules: dict[Selector, list[Rule]] = defaultdict(list)
         self._peer_rules: dict[Selector, list[Rule]] = defaultdict(list)
         self.entries: dict[Identity, dict[Key, Value]] = {}
         self.total = 0
@@ -112,11 +116,29 @@ class PolicyEngine:
         yield from self.labels
         yield from self.prefixes
 
+    def _candidates(self, sel: Selector) -> Iterable[Identity]:
+        """A superset of what `sel` selects: for a label selector, the identities carrying
+        the labels of its `In` requirements (the inverted index), not the whole universe."""
+        if not isinstance(sel, LabelSelector) or sel.names_reserved:
+            return self._universe()
+        best: set[Identity] | None = None
+        for r in sel.requirements:
+            if r.op != "In":
+                continue
+            ids: set[Identity] = set()
+            for v in r.values:
+                ids |= self._by_label.get((r.key, v), set())
+            if best is None or len(ids) < len(best):
+                best = ids
+        return self.labels if best is None else best
+
     def selection(self, sel: Selector) -> frozenset[Identity]:
         got = self._selections.get(sel)
         if got is None:
-            got = frozenset(i for i in self._universe() if self._matches(sel, i))
+            got = frozenset(i for i in self._candidates(sel) if self._matches(sel, i))
             self._selections[sel] = got
+            for i in got:
+                self._selected_by.setdefault(i, set()).add(sel)
         return got
 
     def _refresh_selections(self, ident: Identity) -> list[Selector]:
@@ -125,15 +147,18 @@ class PolicyEngine:
             has = self._matches(sel, ident)
             if has != (ident in ids):
                 self._selections[sel] = ids | {ident} if has else ids - {ident}
+                if has:
+                    self._selected_by.setdefault(ident, set()).add(sel)
+                else:
+                    self._selected_by.get(ident, set()).discard(sel)
                 changed.append(sel)
         return changed
 
     # --- computing entries ---------------------------------------------------------------------
     def rules_selecting(self, subject: Identity) -> list[Rule]:
-        out = []
-        for sel, rules in self._subject_rules.items():
-            if subject in self.selection(sel):
-                out += rules
+        out: list[Rule] = []
+        for sel in self._selected_by.get(subject, ()):
+            out += self._subject_rules.get(sel, ())
         return out
 
     def rule_peers(self, rule: Rule) -> list[Identity]:
@@ -232,13 +257,16 @@ class PolicyEngine:
     # --- identities ----------------------------------------------------------------------------
     def identity_added(self, ident: Identity, labels: Labels) -> Diff:
         self.labels[ident] = labels
+        for lbl in labels:
+            self._by_label.setdefault((lbl.key, lbl.value), set()).add(ident)
         changed = self._refresh_selections(ident)
         return self._recompute({ident} | self._affected_by(changed))
 
     def identity_removed(self, ident: Identity) -> Diff:
         if ident not in self.labels:
             return Diff()
-        del self.labels[ident]
+        for lbl in self.labels.pop(ident):
+            self._by_label.get((lbl.key, lbl.value), set()).discard(ident)
         self.named_ports.pop(ident, None)
         changed = self._refresh_selections(ident)
         return self._recompute({ident} | self._affected_by(changed))
@@ -267,6 +295,7 @@ class PolicyEngine:
             subj = self._subject_rules[r.subject]
             if add:
                 subj.append(r)
+                self.selection(r.subject)  # cached, so rules_selecting() finds it
             else:
                 subj.remove(r)
                 if not subj:

@@ -1,8 +1,9 @@
 """Policy map entries as values, and the datapath's decision over them, in Python.
 
-`Key`/`Value` are what `mb_policy` holds (membrane/policy.h), without the C layout: a port
-prefix of `bits` bits (0-16) of `port`, protocol 0 for any. `decide` is the same decision as
-`mb_policy_decide` in bpf/lib/policy.h; the differential test holds them to each other.
+`Key`/`Value` are what `mb_policy`/`mb_policy_ranges` hold (membrane/policy.h), without the C
+layout: a port prefix of `bits` bits (0-16) of `port`, protocol 0 for any. `decide` is the same
+decision as `mb_policy_decide` in bpf/lib/policy.h; the differential test holds them to each
+other.
 """
 
 from __future__ import annotations
@@ -111,24 +112,48 @@ class IndexedEntries(dict[Key, Value]):
         return list(idx.get((subject, peer, direction), ()))
 
 
+def in_hash(key: Key) -> bool:
+    """Whether the datapath keeps this entry in the hash (exact port, any port, any protocol)
+    or in the port-range trie (ranges, and ICMP type 0, which the hash would read as "any").
+    The same rule as membrane.datapath.maps.policy."""
+    return key.proto == 0 or key.bits == 0 or (key.bits == 16 and key.port != 0)
+
+
+def _found(entries: Mapping[Key, Value], subject: int, peer: int, direction: int, proto: int,
+           port: int) -> list[Value]:
+    """What the datapath's four lookups for one peer identity find."""
+    out = []
+    probes = [Key(subject, peer, direction, proto, 0, 0), Key(subject, peer, direction, 0, 0, 0)]
+    if port:
+        probes.insert(0, Key(subject, peer, direction, proto, port, 16))
+    for k in probes:
+        v = entries.get(k)
+        if v is not None:
+            out.append(v)
+    best: tuple[Key, Value] | None = None
+    for k, v in _group(entries, subject, peer, direction):
+        if not in_hash(k) and k.covers(proto, port) and (best is None or k.bits > best[0].bits):
+            best = (k, v)
+    if best is not None:
+        out.append(best[1])
+    return out
+
+
 def decide(entries: Mapping[Key, Value], *, subject: int, peer: int, block: int,
            direction: int, proto: int, port: int) -> tuple[int, Value | None]:
     """(drop reason or 0, the deciding entry's value) for a new connection's first packet."""
-    found = [
-        m for m in (
-            longest_match(entries, subject, peer, direction, proto, port),
-            longest_match(entries, subject, ANY_PEER, direction, proto, port),
-            longest_match(entries, subject, block, direction, proto, port) if block else None,
-        ) if m is not None
-    ]
-    for _, v in found:
+    found = _found(entries, subject, peer, direction, proto, port)
+    found += _found(entries, subject, ANY_PEER, direction, proto, port)
+    if block:
+        found += _found(entries, subject, block, direction, proto, port)
+    for v in found:
         if v.deny:
             return REASON_DENY, v
-    for _, v in found:
+    for v in found:
         if not v.default_deny:
             return REASON_ALLOWED, v
     if found:
-        return REASON_DEFAULT_DENY, found[0][1]
+        return REASON_DEFAULT_DENY, found[0]
     return REASON_ALLOWED, None
 
 

@@ -135,8 +135,8 @@ class Tracer:
     def direction(self, direction: Direction, subject: Party, peer: Party, proto: int,
                   port: int) -> DirectionVerdict:
         rules = [
-            r for sel, rs in self.engine._subject_rules.items() if sel.matches(subject.labels)
-            for r in rs if r.direction == direction
+            r for rs in self.engine._subject_rules.values() for r in rs
+            if r.direction == direction and r.subject.matches(subject.labels)
         ]
         enforced = any(r.default_deny for r in rules)
         v = DirectionVerdict(direction=direction, endpoint=subject.name, enforced=enforced,
