@@ -189,3 +189,35 @@ def test_host_and_world_identities(talk: tuple[Datapath, PolicyEngine]) -> None:
     assert dp.ipcache.resolve(IPv4Address("203.0.113.9")) == WORLD
     assert dp.ipcache.resolve(HOST_IP) == HOST
     assert IPv4Network("0.0.0.0/0") in dp.ipcache.dump()
+
+
+def test_policy_change_revokes_established_connections(datapath: Datapath,
+                                                       tmp_path: Path) -> None:
+    from membrane.agent.policy import PolicyService
+    from membrane.identity import LocalIdentityAllocator
+
+    wl = workloads()
+    a, b, c = wl[0], wl[1], wl[2]
+    alloc = LocalIdentityAllocator()
+    svc = PolicyService(datapath=datapath, identities=alloc, state_dir=tmp_path,
+                        endpoints=lambda: [], reconcile_ipcache=lambda: 0)
+    svc.loading = False
+    install(datapath, svc.engine)
+    for w in wl:
+        svc.identity_added(w.identity, w.labels)
+    datapath.endpoints.update(EndpointEntry(ip=b.ip, ep_id=10, ifindex=LO, mac=POD_MAC,
+                                            node_mac=GW_MAC, identity=b.identity))
+    svc.upsert([(None, p) for p in parse_all([TALK])])  # type: ignore[misc]
+    assert send(datapath, "ingress", b.ip, a.ip, 6, 80, 31000) == 0
+    assert len(datapath.ct.dump()) == 1
+    # the same policy, now for pod=c: a's established connection is refused from here on
+    moved = dict(TALK, spec=dict(TALK["spec"], ingress=[{  # type: ignore[arg-type]
+        "fromEndpoints": [{"matchLabels": {"role": "c"}}],
+        "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]))
+    svc.upsert([(None, p) for p in parse_all([moved])])  # type: ignore[misc]
+    assert svc.ct_revoked == 1 and datapath.ct.dump() == []
+    datapath.metrics.clear()
+    res = to_container(datapath, eth(POD_MAC, GW_MAC, ETH_P_IP,
+                                     ipv4(str(a.ip), str(b.ip), 6, tcp(31000, 80, ACK))))
+    assert res.verdict == TC_ACT_SHOT and drop_reason(datapath) == 133
+    assert send(datapath, "ingress", b.ip, c.ip, 6, 80, 31001) == 0

@@ -27,6 +27,7 @@ from membrane.endpoint.model import EndpointStore, write_json_atomic
 from membrane.errors import Conflict, MembraneError
 from membrane.identity import LocalIdentityAllocator
 from membrane.ipcache import desired as desired_ipcache
+from membrane.labels import LabelFilter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +48,8 @@ class AgentConfig:
     pin_root: Path = DEFAULT_PIN_ROOT
     run_dir: Path = DEFAULT_RUN_DIR
     ct_gc_interval: float = 30.0
+    label_patterns: tuple[str, ...] = ()
+    """Identity label filter (Cilium's --labels syntax); empty: the defaults."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -126,6 +129,7 @@ class Agent:
             node=cfg.node, datapath=self.datapath, netlink=self.netlink, ipam=self.ipam,
             identities=self.identities, store=EndpointStore(cfg.state_dir / "endpoints.json"),
             on_identities_changed=self.save_identities, listener=self.policy,
+            label_filter=LabelFilter.from_args(list(cfg.label_patterns)),
         )
         self.restore_stats = self.endpoints.restore()
         self.policy.endpoints_changed({ep.identity for ep in self.endpoints.list()})
@@ -160,6 +164,7 @@ class Agent:
             "identities": len(self.identities.all()),
             "policies": len(self.policy.engine.policies),
             "policy_writes": self.policy.writes,
+            "conntrack_revoked_by_policy": self.policy.ct_revoked,
             "uptime_s": round(time.time() - self.started, 1),
             "pid": os.getpid(),
             "pin_dir": str(cfg.pin_root / cfg.node),

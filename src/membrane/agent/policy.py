@@ -26,8 +26,9 @@ from membrane.identity.reserved import RESERVED_BY_NAME, reserved_labels
 from membrane.k8s.manifests import RawObject, load_manifests
 from membrane.labels import Labels
 from membrane.policy.engine import Diff, PolicyEngine, named_ports_of
+from membrane.policy.entries import IndexedEntries, decide
 from membrane.policy.parse import POLICY_KINDS, parse_policy
-from membrane.policy.rules import PROTOCOLS, Policy
+from membrane.policy.rules import ICMP, PROTOCOLS, Policy
 from membrane.policy.trace import Party, Tracer
 from membrane.types import Identity
 
@@ -48,6 +49,7 @@ class PolicyService:
         self.loading = True
         self.writes = 0
         """Policy map writes since start (tests and benchmarks count them)."""
+        self.ct_revoked = 0
 
     # --- writing ---------------------------------------------------------------------------
     def _apply(self, diff: Diff, prefixes_changed: bool = False) -> None:
@@ -60,6 +62,38 @@ class PolicyService:
         for k in diff.deletes:
             self.dp.policy.delete(k)
         self.writes += len(diff)
+        if diff:
+            self.ct_revoked += self.revalidate_conntrack()
+
+    def revalidate_conntrack(self) -> int:
+        """Remove the conntrack entries of connections the new policy would refuse.
+
+        The datapath checks policy on a connection's first packet only; without this an
+        established connection would outlive the rule that allowed it. With it, the
+        connection's next packet is a first packet again and is refused (as Cilium, which
+        checks policy on every packet of the forward direction). Returns entries removed."""
+        entries = IndexedEntries(self.engine.all_entries())
+        endpoints = self.dp.endpoints.dump()
+        removed = 0
+        for ct in self.dp.ct.dump():
+            if ct.proto == ICMP:
+                continue  # echo entries live a minute; requests are checked again anyway
+            local, peer_ip = (ct.src, ct.dst) if ct.direction == "egress" else (ct.dst, ct.src)
+            ep = endpoints.get(local)
+            if ep is None:
+                continue
+            peer = self.dp.ipcache.resolve(peer_ip) or WORLD
+            block = self.dp.ipblock.resolve(peer_ip) or 0
+            reason, _ = decide(entries, subject=ep.identity, peer=peer, block=block,
+                               direction=1 if ct.direction == "ingress" else 2,
+                               proto=ct.proto, port=ct.dport)
+            if reason:
+                self.dp.ct.delete_c(ct.key())
+                removed += 1
+        if removed:
+            log.info("policy change: %d conntrack entries of now-refused connections removed",
+                     removed)
+        return removed
 
     def _sync_prefix_maps(self) -> int:
         n = self._reconcile_ipcache()

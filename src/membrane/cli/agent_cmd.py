@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
     p.add_argument("--pin-root", type=Path, default=DEFAULT_PIN_ROOT)
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     p.add_argument("--ct-gc-interval", type=float, default=30.0, help="seconds")
+    p.add_argument("--labels", action="append", default=[], metavar="PATTERN",
+                   help="identity label filter, Cilium's --labels: 'app' keeps only keys "
+                   "matching, '!pod-template-hash' excludes (added to the defaults); repeatable")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     config = AgentConfig(
         node=args.node, state_dir=args.state_dir, pod_cidr=validate_pod_cidr(args.pod_cidr),
         netns=args.netns, bpf_dir=args.bpf_dir, pin_root=args.pin_root, run_dir=args.run_dir,
-        ct_gc_interval=args.ct_gc_interval,
+        ct_gc_interval=args.ct_gc_interval, label_patterns=tuple(args.labels),
     )
     run_agent(config)
     return 0

@@ -27,7 +27,7 @@ from membrane.endpoint.model import (
 )
 from membrane.errors import Conflict, InputError, NotFound
 from membrane.identity import IdentityAllocator
-from membrane.labels import Labels, security_labels
+from membrane.labels import DEFAULT_FILTER, LabelFilter, Labels, security_labels
 from membrane.types import EndpointID, Identity
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class EndpointManager:
         store: EndpointStore,
         on_identities_changed: Callable[[], None] = lambda: None,
         listener: IdentityListener | None = None,
+        label_filter: LabelFilter | None = None,
     ) -> None:
         self.node = node
         self.datapath = datapath
@@ -118,6 +119,7 @@ class EndpointManager:
         self.store = store
         self._identities_changed = on_identities_changed
         self.listener: IdentityListener = listener or _NoListener()
+        self.label_filter = label_filter or DEFAULT_FILTER
         self.endpoints: dict[EndpointID, Endpoint] = store.load()
         self._last_id = max(self.endpoints, default=0)
 
@@ -143,7 +145,7 @@ class EndpointManager:
     def _security_labels(self, ep_pod: str | None, labels: Mapping[str, str],
                          ns_labels: Mapping[str, str]) -> Labels:
         namespace = ep_pod.split("/", 1)[0] if ep_pod else None
-        return security_labels(labels, namespace, ns_labels)
+        return security_labels(labels, namespace, ns_labels, self.label_filter)
 
     def _allocate_identity(self, pod: str | None, labels: Mapping[str, str],
                            ns_labels: Mapping[str, str]) -> Identity:
