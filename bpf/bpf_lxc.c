@@ -6,6 +6,7 @@
 #include "common.h"
 #include "conntrack.h"
 #include "endpoint.h"
+#include "events.h"
 #include "maps.h"
 #include "metrics.h"
 #include "parse.h"
@@ -15,17 +16,22 @@
  * Runs in to_container, or in from_container right before bpf_redirect_peer(), which skips
  * the host veth's egress. Returns 0 to deliver or a negative drop reason. */
 static __always_inline int mb_ingress(struct __sk_buff *skb, const struct mb_endpoint_info *dst,
-				      const struct mb_pkt *p)
+				      struct mb_pkt *p)
 {
-	int ct = mb_ct_process(p, MB_DIR_INGRESS, skb->len);
+	__u8 trace;
+	int ct = mb_ct_process(p, MB_DIR_INGRESS, skb->len, &trace);
 	int ret;
 
 	if (ct < 0)
 		return ct;
-	ret = mb_policy_ingress(dst, p, ct);
-	if (ret < 0 || ct != MB_CT_NEW)
-		return ret;
-	return mb_ct_create(p, MB_DIR_INGRESS, skb->len);
+	ret = mb_policy_ingress(skb, dst, p, ct);
+	if (ret == 0 && ct == MB_CT_NEW) {
+		ret = mb_ct_create(p, MB_DIR_INGRESS, skb->len);
+		trace = MB_TRACE_NEW;
+	}
+	if (ret == 0 && dst)
+		mb_event_trace(skb, p, dst->ep_id, MB_DIR_INGRESS, trace);
+	return ret;
 }
 
 static __always_inline int mb_from_arp(struct __sk_buff *skb)
@@ -36,12 +42,12 @@ static __always_inline int mb_from_arp(struct __sk_buff *skb)
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &arp, sizeof(arp)) < 0 ||
 	    arp.htype != bpf_htons(ARPHRD_ETHER) || arp.ptype != bpf_htons(ETH_P_IP) ||
 	    arp.hlen != ETH_ALEN || arp.plen != 4)
-		return mb_drop(skb, 0, MB_DIR_EGRESS, MB_DROP_INVALID);
+		return mb_drop(skb, NULL, 0, MB_DIR_EGRESS, MB_DROP_INVALID);
 	ep = mb_endpoint_lookup(arp.sip);
 	if (!ep || ep->ifindex != skb->ifindex)
-		return mb_drop(skb, 0, MB_DIR_EGRESS, MB_DROP_INVALID_SIP);
+		return mb_drop(skb, NULL, 0, MB_DIR_EGRESS, MB_DROP_INVALID_SIP);
 	if (!mb_mac_eq(arp.sha, ep->mac))
-		return mb_drop(skb, ep->ep_id, MB_DIR_EGRESS, MB_DROP_INVALID_SMAC);
+		return mb_drop(skb, NULL, ep->ep_id, MB_DIR_EGRESS, MB_DROP_INVALID_SMAC);
 	mb_forwarded(skb, ep->ep_id, MB_DIR_EGRESS);
 	return TC_ACT_OK;
 }
@@ -50,26 +56,30 @@ static __always_inline int mb_from_ipv4(struct __sk_buff *skb, const struct mb_e
 {
 	struct mb_endpoint_info *src, *dst;
 	struct mb_pkt p = {};
+	__u8 trace;
 	int ret, ct;
 
 	ret = mb_parse_ipv4(skb, &p);
 	if (ret < 0)
-		return mb_drop(skb, 0, MB_DIR_EGRESS, -ret);
+		return mb_drop(skb, NULL, 0, MB_DIR_EGRESS, -ret);
 	src = mb_endpoint_lookup(p.saddr);
 	if (!src || src->ifindex != skb->ifindex)
-		return mb_drop(skb, 0, MB_DIR_EGRESS, MB_DROP_INVALID_SIP);
+		return mb_drop(skb, &p, 0, MB_DIR_EGRESS, MB_DROP_INVALID_SIP);
 	if (!mb_mac_eq(eth->src, src->mac))
-		return mb_drop(skb, src->ep_id, MB_DIR_EGRESS, MB_DROP_INVALID_SMAC);
+		return mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, MB_DROP_INVALID_SMAC);
 
-	ct = mb_ct_process(&p, MB_DIR_EGRESS, skb->len);
+	ct = mb_ct_process(&p, MB_DIR_EGRESS, skb->len, &trace);
 	if (ct < 0)
-		return mb_drop(skb, src->ep_id, MB_DIR_EGRESS, -ct);
+		return mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, -ct);
 	/* Service translation (load-balancing issue) goes here, before egress policy. */
-	ret = mb_policy_egress(src, &p, ct);
-	if (ret == 0 && ct == MB_CT_NEW)
+	ret = mb_policy_egress(skb, src, &p, ct);
+	if (ret == 0 && ct == MB_CT_NEW) {
 		ret = mb_ct_create(&p, MB_DIR_EGRESS, skb->len);
+		trace = MB_TRACE_NEW;
+	}
 	if (ret < 0)
-		return mb_drop(skb, src->ep_id, MB_DIR_EGRESS, -ret);
+		return mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, -ret);
+	mb_event_trace(skb, &p, src->ep_id, MB_DIR_EGRESS, trace);
 
 	dst = mb_endpoint_lookup(p.daddr);
 	if (!dst) {
@@ -82,12 +92,12 @@ static __always_inline int mb_from_ipv4(struct __sk_buff *skb, const struct mb_e
 		if (ret < 0) {
 			/* Refused by the receiver: counted as the receiver's ingress drop. */
 			mb_forwarded(skb, src->ep_id, MB_DIR_EGRESS);
-			return mb_drop(skb, dst->ep_id, MB_DIR_INGRESS, -ret);
+			return mb_drop(skb, &p, dst->ep_id, MB_DIR_INGRESS, -ret);
 		}
 	}
 	ret = mb_l3_rewrite(skb, dst);
 	if (ret < 0)
-		return mb_drop(skb, src->ep_id, MB_DIR_EGRESS, -ret);
+		return mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, -ret);
 	mb_forwarded(skb, src->ep_id, MB_DIR_EGRESS);
 	if (ret > 0)
 		return TC_ACT_OK;
@@ -105,7 +115,7 @@ int mb_from_container(struct __sk_buff *skb)
 	struct mb_ethhdr eth;
 
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
-		return mb_drop(skb, 0, MB_DIR_EGRESS, MB_DROP_INVALID);
+		return mb_drop(skb, NULL, 0, MB_DIR_EGRESS, MB_DROP_INVALID);
 	switch (eth.proto) {
 	case bpf_htons(ETH_P_ARP):
 		return mb_from_arp(skb);
@@ -113,7 +123,7 @@ int mb_from_container(struct __sk_buff *skb)
 		return mb_from_ipv4(skb, &eth);
 	default:
 		/* IPv6 included, until dual-stack lands. */
-		return mb_drop(skb, 0, MB_DIR_EGRESS, MB_DROP_UNKNOWN_L3);
+		return mb_drop(skb, NULL, 0, MB_DIR_EGRESS, MB_DROP_UNKNOWN_L3);
 	}
 }
 
@@ -141,13 +151,13 @@ static __always_inline int mb_to_ipv4(struct __sk_buff *skb)
 
 	ret = mb_parse_ipv4(skb, &p);
 	if (ret < 0)
-		return mb_drop(skb, 0, MB_DIR_INGRESS, -ret);
+		return mb_drop(skb, NULL, 0, MB_DIR_INGRESS, -ret);
 	dst = mb_endpoint_lookup(p.daddr);
 	if (dst)
 		ep_id = dst->ep_id;
 	ret = mb_ingress(skb, dst, &p);
 	if (ret < 0)
-		return mb_drop(skb, ep_id, MB_DIR_INGRESS, -ret);
+		return mb_drop(skb, &p, ep_id, MB_DIR_INGRESS, -ret);
 	mb_forwarded(skb, ep_id, MB_DIR_INGRESS);
 	return TC_ACT_OK;
 }
@@ -158,14 +168,14 @@ int mb_to_container(struct __sk_buff *skb)
 	struct mb_ethhdr eth;
 
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
-		return mb_drop(skb, 0, MB_DIR_INGRESS, MB_DROP_INVALID);
+		return mb_drop(skb, NULL, 0, MB_DIR_INGRESS, MB_DROP_INVALID);
 	switch (eth.proto) {
 	case bpf_htons(ETH_P_ARP):
 		return mb_to_arp(skb);
 	case bpf_htons(ETH_P_IP):
 		return mb_to_ipv4(skb);
 	default:
-		return mb_drop(skb, 0, MB_DIR_INGRESS, MB_DROP_UNKNOWN_L3);
+		return mb_drop(skb, NULL, 0, MB_DIR_INGRESS, MB_DROP_UNKNOWN_L3);
 	}
 }
 

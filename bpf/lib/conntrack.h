@@ -50,10 +50,13 @@ static __always_inline struct mb_ct_entry *mb_ct_find(const struct mb_ct_key *ke
 	return e;
 }
 
-static __always_inline void mb_ct_touch(struct mb_ct_entry *e, const struct mb_pkt *p,
+/* Returns the milestone this packet is for the connection (enum mb_trace_point) or 0. */
+static __always_inline __u8 mb_ct_touch(struct mb_ct_entry *e, const struct mb_pkt *p,
 					int reply, __u32 len, __u32 now)
 {
-	__u16 flags = e->flags | mb_ct_tcp_flags(p, reply);
+	__u16 old = e->flags;
+	__u16 flags = old | mb_ct_tcp_flags(p, reply);
+	__u8 trace = 0;
 
 	if (reply) {
 		flags |= MB_CT_F_SEEN_REPLY;
@@ -63,9 +66,14 @@ static __always_inline void mb_ct_touch(struct mb_ct_entry *e, const struct mb_p
 		__sync_fetch_and_add(&e->tx_packets, 1);
 		__sync_fetch_and_add(&e->tx_bytes, len);
 	}
-	if (flags != e->flags)
+	if (flags != old)
 		e->flags = flags;
 	e->lifetime = now + mb_ct_timeout(p->proto, flags);
+	if ((flags & MB_CT_F_CLOSING) && !(old & MB_CT_F_CLOSING))
+		trace = MB_TRACE_CLOSE;
+	else if (reply && !(old & MB_CT_F_SEEN_REPLY))
+		trace = MB_TRACE_REPLY;
+	return trace;
 }
 
 static __always_inline void mb_ct_key_of(struct mb_ct_key *key, const struct mb_pkt *p, __u8 dir)
@@ -80,15 +88,18 @@ static __always_inline void mb_ct_key_of(struct mb_ct_key *key, const struct mb_
 }
 
 /* dir is the direction at the endpoint doing the lookup. Returns enum mb_ct_status or a
- * negative drop reason. MB_CT_NEW creates nothing: the caller decides policy first and then
- * calls mb_ct_create, so a refused first packet leaves no entry that later packets would pass
- * as established. */
-static __always_inline int mb_ct_process(const struct mb_pkt *p, __u8 dir, __u32 len)
+ * negative drop reason, and in *trace the connection milestone the packet is (first reply,
+ * close; MB_TRACE_NEW is the caller's once it created the entry) or 0. MB_CT_NEW creates
+ * nothing: the caller decides policy first and then calls mb_ct_create, so a refused first
+ * packet leaves no entry that later packets would pass as established. Sets p->reply. */
+static __always_inline int mb_ct_process(struct mb_pkt *p, __u8 dir, __u32 len, __u8 *trace)
 {
 	struct mb_ct_key key = {};
 	struct mb_ct_entry *e;
 	__u32 now;
 
+	*trace = 0;
+	p->reply = 0;
 	if (!p->known_l4)
 		return -MB_DROP_CT_UNKNOWN_PROTO;
 	if (!p->tracked)
@@ -98,7 +109,7 @@ static __always_inline int mb_ct_process(const struct mb_pkt *p, __u8 dir, __u32
 	mb_ct_key_of(&key, p, dir);
 	e = mb_ct_find(&key, now);
 	if (e) {
-		mb_ct_touch(e, p, 0, len, now);
+		*trace = mb_ct_touch(e, p, 0, len, now);
 		return MB_CT_ESTABLISHED;
 	}
 
@@ -109,7 +120,8 @@ static __always_inline int mb_ct_process(const struct mb_pkt *p, __u8 dir, __u32
 	key.direction = dir == MB_DIR_EGRESS ? MB_DIR_INGRESS : MB_DIR_EGRESS;
 	e = mb_ct_find(&key, now);
 	if (e) {
-		mb_ct_touch(e, p, 1, len, now);
+		p->reply = 1;
+		*trace = mb_ct_touch(e, p, 1, len, now);
 		return MB_CT_REPLY;
 	}
 	return MB_CT_NEW;

@@ -6,6 +6,7 @@
 #include <membrane/config.h>
 #include <membrane/conntrack.h>
 #include <membrane/endpoint.h>
+#include <membrane/events.h>
 #include <membrane/ipcache.h>
 #include <membrane/metrics.h>
 #include <membrane/policy.h>
@@ -87,4 +88,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_meta SEC(".maps");
 
-/* Next issues add here: the events ring buffer, service maps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MB_EVENTS_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_events SEC(".maps");
+
+/* Events the ring had no room for, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_events_lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MB_DROP_NOTIFY_MAX);
+	__type(key, struct mb_drop_notify_key);
+	__type(value, struct mb_drop_notify_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_drop_notify SEC(".maps");
+
+/* Next issues add here: service maps. */

@@ -1,6 +1,7 @@
-/* Per-endpoint packet/byte counters by direction, verdict and drop reason. */
+/* Per-endpoint packet/byte counters by direction, verdict and drop reason; drops also notify. */
 #pragma once
 
+#include "events.h"
 #include "maps.h"
 
 static __always_inline void mb_count(__u32 ep_id, __u8 dir, __u8 verdict, __u8 reason, __u32 len)
@@ -20,10 +21,13 @@ static __always_inline void mb_count(__u32 ep_id, __u8 dir, __u8 verdict, __u8 r
 	bpf_map_update_elem(&mb_metrics, &key, &init, BPF_NOEXIST);
 }
 
-static __always_inline int mb_drop(struct __sk_buff *skb, __u32 ep_id, __u8 dir, __u8 reason)
+/* Every drop is counted exactly and notified (rate-limited per flow); p is NULL when the packet
+ * could not be parsed. */
+static __always_inline int mb_drop(struct __sk_buff *skb, const struct mb_pkt *p, __u32 ep_id,
+				   __u8 dir, __u8 reason)
 {
 	mb_count(ep_id, dir, MB_VERDICT_DROPPED, reason, skb->len);
-	/* The events ring buffer (flows issue) will report the drop here. */
+	mb_event_drop(skb, p, ep_id, dir, reason);
 	return TC_ACT_SHOT;
 }
 

@@ -15,7 +15,11 @@ struct mb_pkt {
 	__u8 known_l4;		/* TCP, UDP or ICMP */
 	__u8 smac[ETH_ALEN];
 	__u8 icmp_type;		/* ICMP: policy matches the type where TCP/UDP match the port */
-	__u8 pad;
+	__u8 reply;		/* conntrack: the packet is in its connection's reply direction */
+	/* What decided policy on this packet, for its events (enum mb_policy_match). */
+	__u32 cookie;
+	__u8 match;
+	__u8 pad[3];
 };
 
 /* Returns 0 or a negative drop reason. */

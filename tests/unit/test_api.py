@@ -71,7 +71,7 @@ class FakeAgent:
     endpoints: FakeManager = field(default_factory=FakeManager)
     policy: FakePolicy = field(default_factory=FakePolicy)
 
-    async def run_dp(self, fn: Any, *args: Any) -> Any:
+    async def run_dp(self, fn: Any, *args: Any, op: str | None = None) -> Any:
         return fn(*args)
 
     def status(self) -> dict[str, Any]:

@@ -9,11 +9,15 @@
 enum mb_config_flags {
 	/* bpf_redirect_peer() works here: deliver straight into the pod's namespace. */
 	MB_CFG_F_REDIRECT_PEER = 1 << 0,
+	/* Visibility: trace events (connection milestones) and policy verdict events. Drop events
+	 * are always on. */
+	MB_CFG_F_TRACE_EVENTS = 1 << 1,
+	MB_CFG_F_POLICY_EVENTS = 1 << 2,
 };
 
 struct mb_node_config {
 	__u32 flags;		/* enum mb_config_flags */
-	__u32 pad;
+	__u32 drop_notify_ms;	/* at most one drop event per flow per this interval; 0: every drop */
 };
 
 /* Never read by the programs: the loader records which object the pinned programs came from,

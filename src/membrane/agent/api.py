@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from membrane.agent.flows import event_json
+from membrane.datapath.abi import EventType
+from membrane.datapath.events import Event
 from membrane.endpoint.manager import CreateRequest
 from membrane.errors import Conflict, InputError, MembraneError, NotFound
+from membrane.flows.filter import FilterError, FlowFilter
+from membrane.flows.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from membrane.flows.model import Flow, monitor_line
 from membrane.types import EndpointID
 
 if TYPE_CHECKING:
@@ -148,19 +156,20 @@ class Routes:
             namespace_labels=_labels(data, "namespace_labels") or {},
             ports=_ports(data),
         )
-        ep = await self.agent.run_dp(self.agent.endpoints.create, req)
+        ep = await self.agent.run_dp(self.agent.endpoints.create, req, op="endpoint-create")
         return reply(self._ep_json(ep), 201)
 
     async def patch_endpoint(self, request: web.Request) -> web.Response:
         data = await _body(request)
         ep = await self.agent.run_dp(
             self.agent.endpoints.update_labels, _ep_id(request), _labels(data, "labels"),
-            _labels(data, "namespace_labels"),
+            _labels(data, "namespace_labels"), op="endpoint-labels",
         )
         return reply(self._ep_json(ep))
 
     async def delete_endpoint(self, request: web.Request) -> web.Response:
-        ep = await self.agent.run_dp(self.agent.endpoints.delete, _ep_id(request))
+        ep = await self.agent.run_dp(self.agent.endpoints.delete, _ep_id(request),
+                                     op="endpoint-delete")
         return reply({"deleted": ep is not None})
 
     async def bpf_map(self, request: web.Request) -> web.Response:
@@ -196,10 +205,11 @@ class Routes:
         data = await _body(request)
         pol = self.agent.policy
         if isinstance(data.get("objects"), list):
-            keys = await self.agent.run_dp(pol.import_objects, data["objects"])
+            keys = await self.agent.run_dp(pol.import_objects, data["objects"],
+                                           op="policy-import")
             return reply({"imported": keys})
         text, source = _str(data, "text"), data.get("source") or "<stdin>"
-        keys = await self.agent.run_dp(pol.import_text, text, str(source))
+        keys = await self.agent.run_dp(pol.import_text, text, str(source), op="policy-import")
         return reply({"imported": keys})
 
     async def delete_policies(self, request: web.Request) -> web.Response:
@@ -214,7 +224,7 @@ class Routes:
             if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
                 raise InputError("keys", "must be a list of policy names")
             keys = list(raw)
-        return reply({"deleted": await self.agent.run_dp(pol.delete, keys)})
+        return reply({"deleted": await self.agent.run_dp(pol.delete, keys, op="policy-delete")})
 
     async def list_policies(self, request: web.Request) -> web.Response:
         return reply(await self.agent.run_dp(self.agent.policy.listing))
@@ -247,6 +257,99 @@ class Routes:
         raise NotFound(f"identity {raw} not found")
 
 
+    # --- flows ----------------------------------------------------------------------------------
+    def _filter(self, request: web.Request) -> tuple[FlowFilter, int | None, bool, str]:
+        q: dict[str, list[str]] = {}
+        for k, v in request.query.items():
+            q.setdefault(k, []).append(v)
+        flt = FlowFilter.from_query(q)
+        output = q.get("output", ["json"])[-1]
+        if output not in FLOW_FORMATS:
+            raise FilterError(f"-o: {output!r} is not one of {', '.join(FLOW_FORMATS)}")
+        last = None
+        if "last" in q:
+            raw = q["last"][-1]
+            if not raw.isdigit():
+                raise InputError("last", f"{raw!r} is not a number")
+            last = int(raw)
+        follow = q.get("follow", ["0"])[-1] in ("1", "true", "yes")
+        return flt, last, follow, output
+
+    async def flows(self, request: web.Request) -> web.StreamResponse:
+        """Matching flows, one per line: JSON (Hubble's shape), compact or the policy log;
+        `follow=1` keeps streaming."""
+        try:
+            flt, last, follow, output = self._filter(request)
+        except (FilterError, InputError) as e:
+            return reply({"error": str(e)}, 400)
+        render = FLOW_FORMATS[output]
+        if output == "policy" and not flt.type:
+            # The policy log is made of policy verdicts: --last N counts those.
+            flt = dataclasses.replace(flt, type=(EventType.POLICY,))
+        store = self.agent.flows.store
+        sub = store.subscribe(flt) if follow else None
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        try:
+            await _send_lines(resp, render(store.query(flt, last)))
+            while sub is not None:
+                flows = [await sub.queue.get()]
+                while not sub.queue.empty() and len(flows) < 1024:
+                    flows.append(sub.queue.get_nowait())
+                await _send_lines(resp, render(flows))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            if sub is not None:
+                store.unsubscribe(sub)
+        return resp
+
+    async def monitor(self, request: web.Request) -> web.StreamResponse:
+        """Raw datapath events as JSON lines, until the client goes."""
+        as_json = request.query.get("output", "text") == "json"
+        q: asyncio.Queue[Event] = asyncio.Queue(8192)
+        svc = self.agent.flows
+        svc.monitors.add(q)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        try:
+            while True:
+                evs = [await q.get()]
+                while not q.empty() and len(evs) < 1024:
+                    evs.append(q.get_nowait())
+                await _send_lines(resp, [json.dumps(event_json(e)) if as_json
+                                         else monitor_line(e) for e in evs])
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            svc.monitors.discard(q)
+        return resp
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await self.agent.run_dp(self.agent.flows.metrics.render)
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def _as_json(flows: list[Flow]) -> list[str]:
+    return [json.dumps(f.to_json(), separators=(",", ":")) for f in flows]
+
+
+def _as_policy_log(flows: list[Flow]) -> list[str]:
+    return [line for f in flows if (line := f.policy_line()) is not None]
+
+
+FLOW_FORMATS: dict[str, Callable[[list[Flow]], list[str]]] = {
+    "json": _as_json,
+    "compact": lambda flows: [f.compact() for f in flows],
+    "policy": _as_policy_log,
+}
+
+
+async def _send_lines(resp: web.StreamResponse, lines: list[str]) -> None:
+    if lines:
+        await resp.write(("\n".join(lines) + "\n").encode())
+
+
 def build_app(agent: Agent) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=16 * 1024 * 1024)
     r = Routes(agent)
@@ -264,7 +367,21 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_post("/v1/policy/trace", r.trace)
     app.router.add_get("/v1/identities", r.list_identities)
     app.router.add_get("/v1/identities/{id}", r.get_identity)
+    app.router.add_get("/v1/flows", r.flows)
+    app.router.add_get("/v1/monitor", r.monitor)
+    app.router.add_get("/metrics", r.metrics)
     return app
+
+
+async def start_metrics(agent: Agent, sock: socket.socket) -> web.AppRunner:
+    """`--metrics-addr`: /metrics alone, on a TCP socket bound before the agent entered the
+    node's namespace."""
+    app = web.Application()
+    app.router.add_get("/metrics", Routes(agent).metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner
 
 
 async def start_api(agent: Agent) -> web.AppRunner:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
+from membrane.agent.flows import FlowConfig, FlowService
 from membrane.agent.policy import PolicyService
 from membrane.datapath import netns
 from membrane.datapath.loader import Datapath
@@ -50,6 +52,11 @@ class AgentConfig:
     ct_gc_interval: float = 30.0
     label_patterns: tuple[str, ...] = ()
     """Identity label filter (Cilium's --labels syntax); empty: the defaults."""
+    flows: FlowConfig = field(default_factory=FlowConfig)
+    events_ring_bytes: int | None = None
+    """Size of the kernel's events ring buffer; None: as pinned, else the object's default."""
+    metrics_addr: tuple[str, int] | None = None
+    """Serve Prometheus metrics over TCP here (bound in the namespace the agent starts in)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -60,8 +67,9 @@ class AgentConfig:
 class Agent:
     """One node's agent. Kernel work runs on one thread that lives in the node's namespace."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, metrics_sock: socket.socket | None = None) -> None:
         self.config = config
+        self.metrics_sock = metrics_sock
         self.started = time.time()
         self._dp_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dp")
         self.lock = asyncio.Lock()
@@ -73,13 +81,21 @@ class Agent:
         self.endpoints: EndpointManager
         self.identities: LocalIdentityAllocator
         self.policy: PolicyService
+        self.flows: FlowService
 
     # --- running kernel work -----------------------------------------------------------
-    async def run_dp(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking datapath work on the datapath thread, one change at a time."""
+    async def run_dp(self, fn: Callable[..., T], *args: Any, op: str | None = None) -> T:
+        """Run blocking datapath work on the datapath thread, one change at a time. A change
+        names its `op`: its latency is measured and flows re-read what it changed."""
         loop = asyncio.get_running_loop()
         async with self.lock:
-            return await loop.run_in_executor(self._dp_thread, fn, *args)
+            if op is None:
+                return await loop.run_in_executor(self._dp_thread, fn, *args)
+            try:
+                with self.flows.metrics.timed(op):
+                    return await loop.run_in_executor(self._dp_thread, fn, *args)
+            finally:
+                self.flows.invalidate()
 
     # --- state -------------------------------------------------------------------------
     def _check_node_state(self) -> None:
@@ -117,7 +133,10 @@ class Agent:
         self.ipam = IPAM(cfg.pod_cidr, cfg.state_dir / "ipam.json")
         self.netlink.ensure_router(ROUTER_IFNAME, self.ipam.gateway)
         write_sysctl("net.ipv4.ip_forward", "1")
-        self.datapath = Datapath.open(cfg.node, cfg.bpf_dir, cfg.pin_root)
+        self.datapath = Datapath.open(cfg.node, cfg.bpf_dir, cfg.pin_root,
+                                      events_ring_bytes=cfg.events_ring_bytes)
+        self.flows = FlowService(self, cfg.flows)
+        self.flows.configure_datapath()
         # Identities are re-taken from the endpoints; the snapshot keeps their numbers stable.
         self.identities = self._load_identities()
         self.policy = PolicyService(
@@ -170,6 +189,7 @@ class Agent:
             "pin_dir": str(cfg.pin_root / cfg.node),
             "restore": self.restore_stats,
             "conntrack_gc_removed": self.ct_gc_removed,
+            "flows": self.flows.status(),
             "maps": {
                 m.name: {"entries": m.count(), "max_entries": m.max_entries}
                 for m in (self.datapath.endpoints, self.datapath.ipcache, self.datapath.ipblock,
@@ -188,10 +208,13 @@ class Agent:
                 log.warning("conntrack gc failed: %s", e)
 
     async def serve(self) -> None:
-        from membrane.agent.api import start_api
+        from membrane.agent.api import start_api, start_metrics
 
         await self.run_dp(self.setup)
+        self.flows.start(asyncio.get_running_loop())
         runner = await start_api(self)
+        metrics_runner = await start_metrics(self, self.metrics_sock) if self.metrics_sock \
+            else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -205,7 +228,10 @@ class Agent:
             gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await gc_task
+            self.flows.stop()
             await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             for suffix in (".sock", ".ready"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.config.run_dir / f"{self.config.node}{suffix}").unlink()
@@ -221,7 +247,19 @@ def run_agent(config: AgentConfig) -> None:
     """Entry point: enter the node namespace before any thread exists, then serve."""
     if os.geteuid() != 0:
         raise MembraneError("membrane agent must run as root (it loads BPF programs)")
+    sock = None
+    if config.metrics_addr is not None:
+        # Bound before entering the node's namespace: Prometheus scrapes from where it runs.
+        try:
+            sock = socket.create_server(config.metrics_addr)
+        except OSError as e:
+            raise MembraneError(f"--metrics-addr {config.metrics_addr[0]}:"
+                                f"{config.metrics_addr[1]}: {e.strerror}") from e
     if config.netns:
         netns.enter(config.netns)
     config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    asyncio.run(Agent(config).serve())
+    try:
+        asyncio.run(Agent(config, sock).serve())
+    finally:
+        if sock is not None:
+            sock.close()

@@ -14,7 +14,10 @@ from membrane.agent.app import (
     AgentConfig,
     run_agent,
 )
+from membrane.agent.flows import FlowConfig
 from membrane.endpoint.ipam import validate_pod_cidr
+from membrane.errors import InputError
+from membrane.flows.store import DEFAULT_CAPACITY
 
 
 def register(sub: Any) -> None:
@@ -30,16 +33,57 @@ def register(sub: Any) -> None:
     p.add_argument("--labels", action="append", default=[], metavar="PATTERN",
                    help="identity label filter, Cilium's --labels: 'app' keeps only keys "
                    "matching, '!pod-template-hash' excludes (added to the defaults); repeatable")
+    p.add_argument("--metrics-addr", metavar="HOST:PORT",
+                   help="serve Prometheus metrics here (e.g. 127.0.0.1:9962), bound in the "
+                   "namespace the agent is started in")
+    p.add_argument("--flow-capacity", type=int, default=DEFAULT_CAPACITY,
+                   help="recent flows kept in memory")
+    p.add_argument("--flow-export", type=Path, metavar="FILE",
+                   help="also append every flow as a JSON line to FILE")
+    p.add_argument("--flow-export-max-size", type=int, default=64, metavar="MIB",
+                   help="rotate the export file past this size")
+    p.add_argument("--flow-export-backups", type=int, default=3)
+    p.add_argument("--events-ring-size", type=int, metavar="BYTES",
+                   help="kernel events ring buffer size, a power of two (default 4 MiB)")
+    p.add_argument("--drop-notify-interval", type=int, default=1000, metavar="MS",
+                   help="at most one drop event per flow per interval (0: every drop)")
+    p.add_argument("--no-visibility", action="store_true",
+                   help="no trace or policy-verdict events (drops are still reported)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(args.log_level.upper())
+    if args.flow_capacity < 1:
+        raise InputError("--flow-capacity", f"{args.flow_capacity} must be at least 1")
+    if args.drop_notify_interval < 0:
+        raise InputError("--drop-notify-interval", "must not be negative")
+    if args.flow_export_max_size < 1:
+        raise InputError("--flow-export-max-size", "must be at least 1 MiB")
+    ring = args.events_ring_size
+    if ring is not None and (ring < 4096 or ring & (ring - 1)):
+        raise InputError("--events-ring-size", f"{ring} is not a power of two >= 4096")
+    flows = FlowConfig(
+        capacity=args.flow_capacity, visibility=not args.no_visibility,
+        drop_notify_ms=args.drop_notify_interval, export_path=args.flow_export,
+        export_max_bytes=args.flow_export_max_size << 20,
+        export_backups=args.flow_export_backups,
+    )
     config = AgentConfig(
         node=args.node, state_dir=args.state_dir, pod_cidr=validate_pod_cidr(args.pod_cidr),
         netns=args.netns, bpf_dir=args.bpf_dir, pin_root=args.pin_root, run_dir=args.run_dir,
-        ct_gc_interval=args.ct_gc_interval, label_patterns=tuple(args.labels),
+        ct_gc_interval=args.ct_gc_interval, label_patterns=tuple(args.labels), flows=flows,
+        events_ring_bytes=ring, metrics_addr=_addr(args.metrics_addr),
     )
     run_agent(config)
     return 0
+
+
+def _addr(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError("--metrics-addr", f"{text!r} is not HOST:PORT")
+    return host or "127.0.0.1", int(port)

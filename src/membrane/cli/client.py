@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,46 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def stream(self, path: str, timeout: float | None = None) -> Iterator[str]:
+        """GET a line-per-item response, each line as it arrives (for --follow)."""
+        if not self.socket_path.exists():
+            raise NotFound(f"no agent socket at {self.socket_path}: is the agent running?")
+        conn = _UnixConnection(str(self.socket_path), self.timeout)
+        try:
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+            except (ConnectionRefusedError, FileNotFoundError) as e:
+                raise MembraneError(f"cannot reach the agent at {self.socket_path}: {e}") from e
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    msg = json.loads(raw).get("error")
+                except (json.JSONDecodeError, AttributeError):
+                    msg = None
+                raise MembraneError(msg or f"GET {path}: HTTP {resp.status}")
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            for raw in resp:
+                line = raw.decode().rstrip("\n")
+                if line:
+                    yield line
+        finally:
+            conn.close()
+
+    def get_text(self, path: str) -> str:
+        """GET a text response (Prometheus metrics)."""
+        conn = _UnixConnection(str(self.socket_path), self.timeout)
+        try:
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+            except (ConnectionRefusedError, FileNotFoundError) as e:
+                raise MembraneError(f"cannot reach the agent at {self.socket_path}: {e}") from e
+            body = resp.read().decode()
+            if resp.status >= 400:
+                raise MembraneError(f"GET {path}: HTTP {resp.status}: {body[:200]}")
+            return body
+        finally:
+            conn.close()

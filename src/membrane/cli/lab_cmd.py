@@ -7,6 +7,8 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,10 +222,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     dbs = [p["metadata"]["namespace"] + "/" + p["metadata"]["name"]
            for p in rt.get("/v1/pods")
            if p["metadata"].get("labels", {}).get("role") == "backend"]
-    res = rt.post("/v1/probe", {"port": 3306, "protocol": "TCP", "timeout": 1.0, "to": dbs})
+    agent = Client(paths.agent_socket)
+    print("\nThe policy log while traffic flows (membrane observe -o policy --follow):\n")
+    with PolicyLog(agent):
+        res = rt.post("/v1/probe", {"port": 3306, "protocol": "TCP", "timeout": 1.0,
+                                    "to": dbs})
     print("\nconnectivity on TCP 3306 with the policy:\n")
     print(probe_matrix(res))
-    agent = Client(paths.agent_socket)
     for src in ("farm/web-1", "farm/other"):
         tr = agent.post("/v1/policy/trace", {"from": src, "to": "farm/db-1", "port": 3306,
                                              "protocol": "TCP"})
@@ -231,6 +236,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\npolicy trace {src} -> farm/db-1 3306/TCP: {tr['verdict']}"
               + (f" ({why})" if why else " (no rule allows it: default deny)"))
     print("\nExplore: .venv/bin/membrane endpoint list | policy list | identity list | "
-          "bpf policy list ID | lab probe --port 3306\n"
+          "bpf policy list ID | lab probe --port 3306 | observe --pod farm/db-1 | "
+          "observe -o policy --follow | monitor\n"
           f"Remove everything: make down (membrane lab down --name {args.name})")
     return 0
+
+
+class PolicyLog:
+    """Print the agent's policy log (`observe -o policy --follow`) while a block runs, and a
+    moment after, so the verdicts of its last connections show too. The follower is a daemon
+    thread: once stopped it prints nothing more and ends with the process."""
+
+    def __init__(self, agent: Client, linger: float = 0.5) -> None:
+        self.agent = agent
+        self.linger = linger
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+        try:
+            for line in self.agent.stream(f"/v1/flows?output=policy&follow=1&since={since}"):
+                if self._stop.is_set():
+                    return
+                print(f"  {line}", flush=True)
+        except (OSError, MembraneError):
+            return
+
+    def __enter__(self) -> PolicyLog:
+        self._thread.start()
+        time.sleep(0.1)  # subscribed before the traffic starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(self.linger)
+        self._stop.set()

@@ -8,7 +8,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from membrane.cli import agent_cmd, bpf_cmd, endpoint_cmd, lab_cmd, policy_cmd, status_cmd
+from membrane.cli import (
+    agent_cmd,
+    bpf_cmd,
+    endpoint_cmd,
+    lab_cmd,
+    observe_cmd,
+    policy_cmd,
+    status_cmd,
+)
 from membrane.errors import MembraneError
 
 
@@ -22,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="membrane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (agent_cmd, status_cmd, endpoint_cmd, policy_cmd, bpf_cmd, lab_cmd):
+    for module in (agent_cmd, status_cmd, endpoint_cmd, policy_cmd, bpf_cmd, observe_cmd,
+                   lab_cmd):
         module.register(sub)
     return parser
 

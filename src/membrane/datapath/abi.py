@@ -55,7 +55,51 @@ DROP_REASON_DESC: dict[int, str] = {
     158: "Service backend not found",
     181: "Policy denied by denylist",
 }
-"""Cilium's descriptions (Hubble's `drop_reason_desc` uses the enum names; these read better)."""
+"""Cilium's descriptions, for `membrane monitor` and compact flows."""
+
+HUBBLE_DROP_REASON: dict[int, str] = {
+    130: "INVALID_SOURCE_MAC",
+    132: "INVALID_SOURCE_IP",
+    133: "POLICY_DENIED",
+    134: "INVALID_PACKET_DROPPED",
+    137: "CT_UNKNOWN_L4_PROTOCOL",
+    139: "UNKNOWN_L3_TARGET_ADDRESS",
+    155: "CT_MAP_INSERTION_FAILED",
+    158: "SERVICE_BACKEND_NOT_FOUND",
+    181: "POLICY_DENY",
+}
+"""Hubble's flow.DropReason enum names, which its JSON puts in `drop_reason_desc`."""
+
+
+class EventType(IntEnum):
+    """enum mb_event_type (membrane/events.h)."""
+
+    DROP = 1
+    TRACE = 2
+    POLICY = 3
+
+
+class TracePoint(IntEnum):
+    """enum mb_trace_point: a connection milestone."""
+
+    NEW = 1
+    REPLY = 2
+    CLOSE = 3
+
+
+class PolicyMatch(IntEnum):
+    """enum mb_policy_match, Hubble's policy_match_type numbers."""
+
+    NONE = 0
+    L3_ONLY = 1
+    L3_L4 = 2
+    L4_ONLY = 3
+    ALL = 4
+
+
+EVENT_F_REPLY = 1 << 0
+EVENTS_SIZE = 1 << 22
+DROP_NOTIFY_MAX = 16384
 
 
 class CTFlags(IntEnum):
@@ -69,6 +113,8 @@ class CTFlags(IntEnum):
 
 CT_F_CLOSING = CTFlags.TX_FIN | CTFlags.TX_RST | CTFlags.RX_FIN | CTFlags.RX_RST
 CFG_F_REDIRECT_PEER = 1 << 0
+CFG_F_TRACE_EVENTS = 1 << 1
+CFG_F_POLICY_EVENTS = 1 << 2
 
 CT_SYN_TIMEOUT = 60
 CT_ESTABLISHED_TIMEOUT = 21600
@@ -214,7 +260,59 @@ class MetricsValue(Structure):
 class NodeConfig(Structure):
     """struct mb_node_config (membrane/config.h)."""
 
-    _fields_ = [("flags", c_uint32), ("pad", c_uint32)]
+    _fields_ = [("flags", c_uint32), ("drop_notify_ms", c_uint32)]
+
+
+class EventC(Structure):
+    """struct mb_event (membrane/events.h). membrane.datapath.events decodes it with `struct`
+    for speed; the layout test keeps both in step with the header."""
+
+    _fields_ = [
+        ("ktime", c_uint64),
+        ("type", c_uint8),
+        ("subtype", c_uint8),
+        ("direction", c_uint8),
+        ("reason", c_uint8),
+        ("ep_id", c_uint32),
+        ("ifindex", c_uint32),
+        ("src_identity", c_uint32),
+        ("dst_identity", c_uint32),
+        ("saddr", c_uint32),
+        ("daddr", c_uint32),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("proto", c_uint8),
+        ("tcp_flags", c_uint8),
+        ("icmp_type", c_uint8),
+        ("match", c_uint8),
+        ("cookie", c_uint32),
+        ("len", c_uint32),
+        ("drops", c_uint32),
+        ("flags", c_uint8),
+        ("pad", c_uint8 * 7),
+    ]
+
+
+class DropNotifyKey(Structure):
+    """struct mb_drop_notify_key (membrane/events.h)."""
+
+    _fields_ = [
+        ("saddr", c_uint32),
+        ("daddr", c_uint32),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("proto", c_uint8),
+        ("direction", c_uint8),
+        ("reason", c_uint8),
+        ("pad", c_uint8),
+        ("ep_id", c_uint32),
+    ]
+
+
+class DropNotifyValue(Structure):
+    """struct mb_drop_notify_value (membrane/events.h)."""
+
+    _fields_ = [("last_ns", c_uint64), ("suppressed", c_uint32), ("pad", c_uint32)]
 
 
 class Meta(Structure):
@@ -279,6 +377,9 @@ ABI_STRUCTS: dict[str, type[Structure]] = {
     "struct mb_metrics_value": MetricsValue,
     "struct mb_node_config": NodeConfig,
     "struct mb_meta": Meta,
+    "struct mb_event": EventC,
+    "struct mb_drop_notify_key": DropNotifyKey,
+    "struct mb_drop_notify_value": DropNotifyValue,
 }
 
 ABI_CONSTANTS: dict[str, int] = {
@@ -290,6 +391,14 @@ ABI_CONSTANTS: dict[str, int] = {
     **{f"MB_CT_F_{m.name}": m.value for m in CTFlags},
     "MB_CT_F_CLOSING": int(CT_F_CLOSING),
     "MB_CFG_F_REDIRECT_PEER": CFG_F_REDIRECT_PEER,
+    "MB_CFG_F_TRACE_EVENTS": CFG_F_TRACE_EVENTS,
+    "MB_CFG_F_POLICY_EVENTS": CFG_F_POLICY_EVENTS,
+    **{f"MB_EVENT_{m.name}": m.value for m in EventType},
+    **{f"MB_TRACE_{m.name}": m.value for m in TracePoint},
+    **{f"MB_MATCH_{m.name}": m.value for m in PolicyMatch},
+    "MB_EVENT_F_REPLY": EVENT_F_REPLY,
+    "MB_EVENTS_SIZE": EVENTS_SIZE,
+    "MB_DROP_NOTIFY_MAX": DROP_NOTIFY_MAX,
     "MB_CT_SYN_TIMEOUT": CT_SYN_TIMEOUT,
     "MB_CT_ESTABLISHED_TIMEOUT": CT_ESTABLISHED_TIMEOUT,
     "MB_CT_CLOSE_TIMEOUT": CT_CLOSE_TIMEOUT,

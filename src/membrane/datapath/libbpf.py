@@ -36,6 +36,7 @@ LIBBPF_SONAME = "libbpf.so.1"
 
 # enum bpf_prog_type / bpf_tc_attach_point / bpf_tc_flags / map update flags (uapi, libbpf.h)
 BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_MAP_TYPE_RINGBUF = 27
 BPF_TC_INGRESS = 1 << 0
 BPF_TC_EGRESS = 1 << 1
 BPF_TC_F_REPLACE = 1 << 0
@@ -142,6 +143,7 @@ def _load() -> ctypes.CDLL:
         "bpf_map__fd": ([vp], i),
         "bpf_map__max_entries": ([vp], u32),
         "bpf_map__set_pin_path": ([vp, c_char_p], i),
+        "bpf_map__set_max_entries": ([vp, c_uint32], i),
         "bpf_program__fd": ([vp], i),
         "bpf_obj_pin": ([i, c_char_p], i),
         "bpf_obj_get": ([c_char_p], i),
@@ -296,6 +298,13 @@ class BpfObject:
         _check(
             _lib.bpf_map__set_pin_path(self._map(map_name), path.encode()),
             f"set pin path of map {map_name} to {path}",
+        )
+
+    def set_max_entries(self, map_name: str, n: int) -> None:
+        """Before load: size a map (a ring buffer's size in bytes)."""
+        _check(
+            _lib.bpf_map__set_max_entries(self._map(map_name), n),
+            f"set max_entries of map {map_name} to {n}",
         )
 
     def load(self) -> None:

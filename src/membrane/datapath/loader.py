@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from membrane.datapath import libbpf
+from membrane.datapath.events import EventRing, EventsLostMap
 from membrane.datapath.maps.config import MetaMap, NodeConfigMap
 from membrane.datapath.maps.ct import CTMap
 from membrane.datapath.maps.endpoints import EndpointMap
@@ -77,12 +78,17 @@ class Datapath:
         self._metrics = MetricsMap.from_pin(str(pin_dir / "mb_metrics"))
         self._config = NodeConfigMap.from_pin(str(pin_dir / "mb_config"))
         self._meta = MetaMap.from_pin(str(pin_dir / "mb_meta"))
+        self._events_lost = EventsLostMap.from_pin(str(pin_dir / "mb_events_lost"))
+        self._events: EventRing | None = None
         self._progs = {name: libbpf.obj_get(str(pin_dir / "progs" / name)) for name in PROGRAMS}
         self._prog_ids = {name: libbpf.obj_id(fd) for name, fd in self._progs.items()}
 
     # --- open ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, node: str, obj_dir: Path, pin_root: Path = PIN_ROOT) -> Datapath:
+    def open(cls, node: str, obj_dir: Path, pin_root: Path = PIN_ROOT, *,
+             events_ring_bytes: int | None = None) -> Datapath:
+        """events_ring_bytes sizes the events ring (a power of two, at least a page); a
+        pinned ring of another size is replaced (its unread events are lost)."""
         _check_bpffs(pin_root)
         obj_path = Path(obj_dir) / OBJECT
         if not obj_path.is_file():
@@ -95,11 +101,12 @@ class Datapath:
         except OSError as e:
             raise DatapathError(f"cannot create pin directory {progs_dir}: {e}") from e
 
-        reused = cls._pinned_digest(pin_dir) == digest and all(
+        ring_ok = _check_ring_size(pin_dir / "mb_events", events_ring_bytes)
+        reused = ring_ok and cls._pinned_digest(pin_dir) == digest and all(
             (progs_dir / p).exists() for p in PROGRAMS
         )
         if not reused:
-            cls._load(obj_path, pin_dir, digest)
+            cls._load(obj_path, pin_dir, digest, events_ring_bytes)
         dp = cls(node=node, pin_dir=pin_dir, reused=reused)
         try:
             dp._config.set(redirect_peer=redirect_peer_supported())
@@ -122,12 +129,15 @@ class Datapath:
             meta.close()
 
     @staticmethod
-    def _load(obj_path: Path, pin_dir: Path, digest: bytes) -> None:
+    def _load(obj_path: Path, pin_dir: Path, digest: bytes,
+              events_ring_bytes: int | None = None) -> None:
         obj = libbpf.BpfObject(str(obj_path))
         try:
             for name in obj.map_names():
                 if name.startswith("mb_"):
                     obj.set_pin_path(name, str(pin_dir / name))
+            if events_ring_bytes:
+                obj.set_max_entries("mb_events", events_ring_bytes)
             try:
                 obj.load()
             except DatapathError as e:
@@ -180,6 +190,16 @@ class Datapath:
     def config(self) -> NodeConfigMap:
         return self._config
 
+    @property
+    def events_lost(self) -> EventsLostMap:
+        return self._events_lost
+
+    def events(self) -> EventRing:
+        """The events ring's reader (one per datapath: a ring has one consumer position)."""
+        if self._events is None:
+            self._events = EventRing.from_pin(str(self.pin_dir / "mb_events"))
+        return self._events
+
     def prog_fd(self, name: str) -> int:
         try:
             return self._progs[name]
@@ -215,8 +235,11 @@ class Datapath:
     def close(self) -> None:
         """Close our fds; pinned maps and programs (and attached filters) stay."""
         for m in (self._endpoints, self._ipcache, self._ipblock, self._policy, self._ct,
-                  self._metrics, self._config, self._meta):
+                  self._metrics, self._config, self._meta, self._events_lost):
             m.close()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         for fd in self._progs.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -244,6 +267,26 @@ class Datapath:
         with contextlib.suppress(FileNotFoundError):
             pin_dir.rmdir()
         return True
+
+
+def _check_ring_size(path: Path, size: int | None) -> bool:
+    """False (and the pin removed) when a pinned ring buffer has another size than asked."""
+    if size is None:
+        return True
+    if size < 4096 or size & (size - 1):
+        raise DatapathError(f"events ring size {size} must be a power of two of at least 4096")
+    if not path.exists():
+        return True
+    fd = libbpf.obj_get(str(path))
+    try:
+        pinned = int(libbpf.map_info(fd).max_entries)
+    finally:
+        os.close(fd)
+    if pinned == size:
+        return True
+    log.info("events ring %s is %d bytes, %d asked: replacing it", path, pinned, size)
+    path.unlink()
+    return False
 
 
 _redirect_peer: bool | None = None
