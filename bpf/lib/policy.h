@@ -79,12 +79,13 @@ __attribute__((noinline)) __u64 mb_policy_found(__u32 subject, __u32 peer, __u8 
 	__u64 any = peer ? MB_MATCH_L3_ONLY : MB_MATCH_ALL;
 	__u64 found;
 
+	/* In membrane.policy.entries._found's order, so both name the same deciding entry. */
 	found = mb_policy_fold(0, bpf_map_lookup_elem(&mb_policy, &key), port);
-	found = mb_policy_fold(found, bpf_map_lookup_elem(&mb_policy_ranges, &range), port);
 	key.dport = 0;
 	found = mb_policy_fold(found, bpf_map_lookup_elem(&mb_policy, &key), port);
 	key.proto = 0;
 	found = mb_policy_fold(found, bpf_map_lookup_elem(&mb_policy, &key), any);
+	found = mb_policy_fold(found, bpf_map_lookup_elem(&mb_policy_ranges, &range), port);
 	return found;
 }
 

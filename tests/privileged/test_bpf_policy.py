@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packets import ACK, ETH_P_IP, SYN, eth, icmp_echo, ipv4, tcp, udp
 
+from membrane.datapath.abi import EventType
 from membrane.datapath.loader import Datapath
 from membrane.datapath.maps.endpoints import EndpointEntry
 from membrane.identity import HOST, WORLD
@@ -50,6 +52,9 @@ def install(dp: Datapath, engine: PolicyEngine) -> None:
     ))
     dp.ipblock.update_many(engine.prefix_identities("ipblock"))
     dp.policy.update_many(engine.all_entries().items())
+    dp.config.put(replace(dp.config.get(), trace_events=True, policy_events=True,
+                          drop_notify_ms=0))
+    dp.events().read(1 << 20)
 
 
 def drop_reason(dp: Datapath) -> int:
@@ -96,7 +101,7 @@ def test_datapath_agrees_with_model_and_trace(datapath: Datapath, docs: list[dic
                                                 node_mac=GW_MAC, identity=subj.identity))
         peer = peer_party(engine, wl, p["peer"], HOST_IP)
         assert peer.ip is not None
-        want, _ = decide(entries, subject=subj.identity, peer=int(peer.identity or 0),
+        want, deciding = decide(entries, subject=subj.identity, peer=int(peer.identity or 0),
                          block=block_identity(engine, peer.ip),
                          direction=DIRECTION_NUMBER[p["direction"]], proto=p["proto"],
                          port=p["port"])
@@ -106,6 +111,18 @@ def test_datapath_agrees_with_model_and_trace(datapath: Datapath, docs: list[dic
         traced = tracer.direction(p["direction"], me, peer, p["proto"], p["port"]).reason
         SEEN[got] += 1
         assert got == want == traced, (docs, p, got, want, traced)
+        # The events name the same deciding entry: a verdict when the subject is enforced
+        # (with the cookie of the policy that decided), a drop with the same reason.
+        events = datapath.events().read()
+        verdicts = [e for e in events if e.type == EventType.POLICY]
+        drops = [e for e in events if e.type == EventType.DROP]
+        if deciding is None:
+            assert verdicts == [], (docs, p, verdicts)
+        else:
+            assert [(e.reason, e.cookie) for e in verdicts] == [(got, deciding.cookie)], \
+                (docs, p, verdicts, deciding)
+        assert [(e.reason, e.cookie) for e in drops] == \
+            ([(got, deciding.cookie if deciding else 0)] if got else [])
 
 
 def test_the_generator_reaches_every_verdict() -> None:

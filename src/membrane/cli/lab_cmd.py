@@ -35,6 +35,9 @@ def register(sub: Any) -> None:
 
     up = verb("up", "make the lab node, its world and its agent", cmd_up)
     up.add_argument("--pod-cidr", default=DEFAULT_POD_CIDR)
+    up.add_argument("--agent-arg", dest="agent_args", action="append", default=[],
+                    metavar="OPTION", help="pass an option to the lab's agent, e.g. "
+                    "--agent-arg=--metrics-addr=127.0.0.1:9962 (repeatable)")
     verb("down", "remove everything the lab made", cmd_down)
     for name, func in (("apply", cmd_apply), ("delete", cmd_delete)):
         v = verb(name, f"{name} Kubernetes objects from YAML", func)
@@ -69,7 +72,7 @@ def _runtime(name: str) -> Client:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    state = node.up(args.name, args.pod_cidr)
+    state = node.up(args.name, args.pod_cidr, args.agent_args)
     print(f"lab {args.name} is up: node namespace {LabPaths(args.name).node_ns}, "
           f"pod CIDR {state['pod_cidr']}, agent pid {state['agent_pid']}")
     return 0

@@ -170,7 +170,7 @@ def agent_argv(state: dict[str, Any]) -> list[str]:
     return [
         sys.executable, "-m", "membrane", "agent", "--node", state["name"],
         "--state-dir", str(paths.agent_state), "--pod-cidr", state["pod_cidr"],
-        "--netns", paths.node_ns, "--run-dir", str(RUN_DIR),
+        "--netns", paths.node_ns, "--run-dir", str(RUN_DIR), *state.get("agent_args", []),
     ]
 
 
@@ -211,7 +211,9 @@ def _build_world(paths: LabPaths, pod_cidr: IPv4Network) -> None:
     node.sysctl("net.ipv4.ip_forward", "1")
 
 
-def up(name: str, pod_cidr_text: str = DEFAULT_POD_CIDR) -> dict[str, Any]:
+def up(name: str, pod_cidr_text: str = DEFAULT_POD_CIDR,
+       agent_args: list[str] | None = None) -> dict[str, Any]:
+    """agent_args: more `membrane agent` options (e.g. `--metrics-addr=127.0.0.1:9962`)."""
     paths = LabPaths(validate_name(name))
     pod_cidr = validate_pod_cidr(pod_cidr_text)
     if any(pod_cidr.overlaps(p) for p in (WORLD_LINK, *WORLD_PREFIXES)):
@@ -229,6 +231,7 @@ def up(name: str, pod_cidr_text: str = DEFAULT_POD_CIDR) -> dict[str, Any]:
     state: dict[str, Any] = {
         "name": name, "pod_cidr": str(pod_cidr), "namespaces": [paths.node_ns, paths.ext_ns],
         "agent_pid": None, "runtime_pid": None, "created": time.time(),
+        "agent_args": list(agent_args or []),
     }
     _save(paths, state)
     try:
