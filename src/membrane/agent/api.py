@@ -291,7 +291,9 @@ class Routes:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         try:
-            await _send_lines(resp, render(store.query(flt, last)))
+            if not follow or last is not None or flt.since is not None:
+                # --follow alone streams what comes from now on, as hubble observe does
+                await _send_lines(resp, render(store.query(flt, last)))
             while sub is not None:
                 flows = [await sub.queue.get()]
                 while not sub.queue.empty() and len(flows) < 1024:
