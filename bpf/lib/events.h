@@ -128,6 +128,11 @@ static __always_inline void mb_event_drop(struct __sk_buff *skb, const struct mb
 		}
 	}
 	mb_event_fill(&e, skb, p, MB_EVENT_DROP, ep_id, dir);
+	if (reason != MB_DROP_POLICY && reason != MB_DROP_POLICY_DENY) {
+		/* Not policy's doing: the packet may carry an earlier verdict's cookie. */
+		e.cookie = 0;
+		e.match = 0;
+	}
 	e.reason = reason;
 	e.drops = count;
 	mb_event_send(&e);

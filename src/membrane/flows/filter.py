@@ -37,14 +37,13 @@ class LabelMatch:
     @classmethod
     def parse(cls, text: str, where: str) -> LabelMatch:
         t = text.strip()
-        if not t or t in ("!", "="):
+        negate = t.startswith("!")
+        key, eq, value = t.removeprefix("!").partition("=")
+        if key.startswith("any:"):
+            key = key[4:]  # `any:` is every source, as in Cilium's selectors
+        if not key or key.endswith(("!", ":")) or (negate and eq):
             raise FilterError(f"{where}: {text!r} is not a label (key=value, key or !key)")
-        if t.startswith("!"):
-            return cls(t[1:], None, True)
-        if "=" in t:
-            k, v = t.split("=", 1)
-            return cls(k, v)
-        return cls(t, None)
+        return cls(key, value if eq else None, negate)
 
     def matches(self, labels: tuple[str, ...]) -> bool:
         found = any(self._one(lbl) for lbl in labels)
@@ -80,14 +79,15 @@ class PodMatch:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FlowFilter:
-    verdict: str | None = None
+    verdict: tuple[str, ...] = ()
     from_pod: tuple[PodMatch, ...] = ()
     to_pod: tuple[PodMatch, ...] = ()
     pod: tuple[PodMatch, ...] = ()
     namespace: tuple[str, ...] = ()
-    from_label: tuple[LabelMatch, ...] = ()
-    to_label: tuple[LabelMatch, ...] = ()
-    label: tuple[LabelMatch, ...] = ()
+    from_label: tuple[tuple[LabelMatch, ...], ...] = ()
+    """Any of the groups (one per repeated flag) holds when all of its labels do."""
+    to_label: tuple[tuple[LabelMatch, ...], ...] = ()
+    label: tuple[tuple[LabelMatch, ...], ...] = ()
     port: tuple[int, ...] = ()
     protocol: tuple[int, ...] = ()
     identity: tuple[int, ...] = ()
@@ -102,13 +102,7 @@ class FlowFilter:
         if unknown:
             raise FilterError(f"unknown flow filter {unknown[0]!r} "
                               f"(have: {', '.join(FILTER_KEYS)})")
-        verdict = None
-        if q.get("verdict"):
-            v = q["verdict"][-1].upper()
-            if v not in VERDICTS:
-                raise FilterError(f"--verdict: {q['verdict'][-1]!r} is not one of "
-                                  f"{', '.join(VERDICTS)}")
-            verdict = v
+        verdict = tuple(_verdict(v) for v in q.get("verdict", []))
         since = None
         if q.get("since"):
             since = parse_since(q["since"][-1], time.time() if now is None else now)
@@ -131,7 +125,7 @@ class FlowFilter:
     def matches(self, f: Flow) -> bool:
         ev = f.event
         src, dst = f.source, f.destination
-        if self.verdict is not None and f.verdict != self.verdict:
+        if self.verdict and f.verdict not in self.verdict:
             return False
         if self.since is not None and f.time < self.since:
             return False
@@ -152,18 +146,29 @@ class FlowFilter:
             return False
         if self.pod and not any(m.matches(src) or m.matches(dst) for m in self.pod):
             return False
-        if self.from_label and not all(m.matches(src.labels) for m in self.from_label):
+        if self.from_label and not _any_group(self.from_label, src.labels):
             return False
-        if self.to_label and not all(m.matches(dst.labels) for m in self.to_label):
+        if self.to_label and not _any_group(self.to_label, dst.labels):
             return False
-        return not self.label or all(
-            m.matches(src.labels) for m in self.label
-        ) or all(m.matches(dst.labels) for m in self.label)
+        return not self.label or _any_group(self.label, src.labels) or \
+            _any_group(self.label, dst.labels)
 
 
-def _labels(q: Mapping[str, list[str]], key: str) -> list[LabelMatch]:
+def _labels(q: Mapping[str, list[str]], key: str) -> list[tuple[LabelMatch, ...]]:
     flag = "--" + key.replace("_", "-")
-    return [LabelMatch.parse(part, flag) for text in q.get(key, []) for part in text.split(",")]
+    return [tuple(LabelMatch.parse(part, flag) for part in text.split(","))
+            for text in q.get(key, [])]
+
+
+def _any_group(groups: tuple[tuple[LabelMatch, ...], ...], labels: tuple[str, ...]) -> bool:
+    return any(all(m.matches(labels) for m in g) for g in groups)
+
+
+def _verdict(text: str) -> str:
+    v = text.upper()
+    if v not in VERDICTS:
+        raise FilterError(f"--verdict: {text!r} is not one of {', '.join(VERDICTS)}")
+    return v
 
 
 def _int(text: str, flag: str) -> int:

@@ -14,6 +14,7 @@ from membrane.datapath.abi import (
     EVENT_F_REPLY,
     HUBBLE_DROP_REASON,
     Direction,
+    DropReason,
     EventType,
     PolicyMatch,
     TracePoint,
@@ -164,7 +165,12 @@ class Flow:
         return self.policies if self.verdict == FORWARDED else ()
 
     def denied(self) -> tuple[PolicyRef, ...]:
-        return self.policies if self.verdict == DROPPED else ()
+        """Policies deny only with their reasons: a drop for another reason (conntrack full,
+        ...) after policy allowed names no policy."""
+        if self.verdict == DROPPED and self.event.reason in (DropReason.POLICY,
+                                                             DropReason.POLICY_DENY):
+            return self.policies
+        return ()
 
     def iso_time(self) -> str:
         return _iso(self.time)
