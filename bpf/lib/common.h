@@ -27,6 +27,7 @@
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
 
 /* Own header layouts: the distribution's <linux/ip.h> and friends drag in <asm/byteorder.h>,
  * which the BPF target does not have. */

@@ -108,6 +108,13 @@ static __always_inline int mb_ct_process(struct mb_pkt *p, __u8 dir, __u32 len, 
 	now = mb_ct_now();
 	mb_ct_key_of(&key, p, dir);
 	e = mb_ct_find(&key, now);
+	if (e && (e->flags & MB_CT_F_CLOSING) && p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		/* A new connection on the 5-tuple of one that is closing (Cilium's "reopened"):
+		 * a new connection for policy and flows, not the tail of the old one. */
+		bpf_map_delete_elem(&mb_ct, &key);
+		return MB_CT_NEW;
+	}
 	if (e) {
 		*trace = mb_ct_touch(e, p, 0, len, now);
 		return MB_CT_ESTABLISHED;

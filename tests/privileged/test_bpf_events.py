@@ -114,6 +114,14 @@ def test_allowed_connection_reports_verdict_naming_policy_and_its_milestones_onl
     out_of_pod(datapath, PEER_IP, tcp(80, 40000, FIN | ACK))  # closing already reported
     assert events(datapath) == []
 
+    # a new connection reusing the closing one's ports is new again: policy decides anew
+    datapath.policy.clear()
+    datapath.policy.update_many(
+        (k, v) for k, v in engine.all_entries().items() if v.default_deny)
+    assert into_pod(datapath, PEER_IP, tcp(40000, 80, SYN)) == TC_ACT_SHOT
+    assert [(e.type, e.reason) for e in events(datapath)] == \
+        [(EventType.POLICY, 133), (EventType.DROP, 133)]
+
 
 def test_default_deny_reports_verdict_and_drop_133_without_policy_match(
         datapath: Datapath) -> None:

@@ -109,6 +109,12 @@ class EventRing:
         except OSError as e:
             os.close(fd)
             raise DatapathError(f"cannot map the events ring buffer: {e}") from e
+        # Positions and headers through typed views: each access is one aligned 4- or 8-byte
+        # load or store. (struct.pack_into zeroes its target before writing: the kernel could
+        # see a consumer position of 0 and refuse to reserve, losing events with room left.)
+        self._cons_pos = memoryview(self._cons).cast("Q")
+        self._prod_pos = memoryview(self._prod).cast("Q")
+        self._words = memoryview(self._prod).cast("I")
         self.read_events = 0
         self.foreign = 0
         """Records of another size than struct mb_event (none are written today)."""
@@ -121,28 +127,27 @@ class EventRing:
         return self.fd
 
     def pending_bytes(self) -> int:
-        (cons,) = struct.unpack_from("<Q", self._cons, 0)
-        (prod,) = struct.unpack_from("<Q", self._prod, 0)
-        return int(prod - cons)
+        return int(self._prod_pos[0] - self._cons_pos[0])
 
     def read(self, limit: int = 4096) -> list[Event]:
         """Up to `limit` committed events; the ring space they used is handed back at once."""
-        (cons,) = struct.unpack_from("<Q", self._cons, 0)
-        (prod,) = struct.unpack_from("<Q", self._prod, 0)
+        cons = self._cons_pos[0]
+        prod = self._prod_pos[0]
         if prod == cons:
             return []
         span = min(prod - cons, limit * _REC)
         start = _PAGE + (cons & self._mask)
-        # The data area is mapped twice in a row, so a span that wraps is still contiguous.
-        # Headers precede their data: on x86 (TSO) a committed header read here means its data
-        # was written before it.
-        raw = self._prod[start:start + span]
+        # The data area is mapped twice in a row, so a record that wraps is still contiguous.
+        # Each header is read from the shared page before its record's data: the kernel
+        # commits a record by clearing BUSY after writing the data, and x86 (TSO) keeps loads
+        # in order, so the data read after a committed header is complete.
+        ring, words = self._prod, self._words
         out: list[Event] = []
         pos = 0
         le, be, tail = _LE.unpack_from, _BE.unpack_from, _TAIL.unpack_from
         make = Event._make
         while pos + _HDR <= span and len(out) < limit:
-            (hdr,) = struct.unpack_from("<I", raw, pos)
+            hdr = words[(start + pos) >> 2]
             if hdr & _BUSY:
                 break
             length = hdr & ~(_BUSY | _DISCARD)
@@ -151,17 +156,20 @@ class EventRing:
                 break
             if not hdr & _DISCARD:
                 if length == EVENT_SIZE:
-                    o = pos + _HDR
-                    out.append(make(le(raw, o) + be(raw, o + _BE_OFF) + tail(raw, o + _TAIL_OFF)))
+                    o = start + pos + _HDR
+                    out.append(make(le(ring, o) + be(ring, o + _BE_OFF)
+                                    + tail(ring, o + _TAIL_OFF)))
                 else:
                     self.foreign += 1
             pos += step
         if pos:
-            struct.pack_into("<Q", self._cons, 0, cons + pos)
+            self._cons_pos[0] = cons + pos
         self.read_events += len(out)
         return out
 
     def close(self) -> None:
+        for view in (self._cons_pos, self._prod_pos, self._words):
+            view.release()
         for m in (self._cons, self._prod):
             with contextlib.suppress(BufferError, ValueError):
                 m.close()
