@@ -257,6 +257,8 @@ def test_metrics_and_status_count_flows_and_no_loss(shop: Lab) -> None:
     flows = m["membrane_flows_processed_total"]
     assert any(lb["type"] == "drop" and lb["verdict"] == "DROPPED" and lb["protocol"] == "UDP"
                for lb, _ in flows)
+    by_reason = {(lb["reason"], lb["protocol"]) for lb, _ in m["membrane_drop_total"]}
+    assert {("Policy denied", "TCP"), ("Policy denied by denylist", "UDP")} <= by_reason
     dropped = {lb["reason"]: v for lb, v in m["membrane_datapath_packets_total"]
                if lb["verdict"] == "dropped"}
     assert dropped["Policy denied by denylist"] >= 2 and dropped["Policy denied"] >= 2

@@ -38,6 +38,8 @@ class FlowCounters:
     """(event type, dropped, direction, protocol) -> flows."""
     policy: Counter[tuple[bool, int, int]] = field(default_factory=Counter)
     """(denied, direction, match type) -> policy verdicts."""
+    drops: Counter[tuple[int, int, int]] = field(default_factory=Counter)
+    """(reason, direction, protocol) -> dropped packets the drop events stand for."""
 
     def count(self, flows: list[Flow]) -> None:
         fl, pol = self.flows, self.policy
@@ -49,6 +51,8 @@ class FlowCounters:
                 pol[(ev.reason != 0, ev.direction, ev.match)] += 1
             else:
                 fl[(t, t == DROP, ev.direction, ev.proto)] += 1
+                if t == DROP:
+                    self.drops[(ev.reason, ev.direction, ev.proto)] += ev.drops
 
     def named_flows(self) -> Counter[tuple[str, str, str, str]]:
         out: Counter[tuple[str, str, str, str]] = Counter()
@@ -102,6 +106,13 @@ class _Collector(Collector):
         for (a, d, m), n in sorted(self.counters.named_policy().items()):
             pol.add_metric([a, d, m], n)
         yield pol
+        drops = CounterMetricFamily("membrane_drop", "Dropped packets by reason, as drop "
+                                    "events report them (a rate-limited event counts the drops "
+                                    "it stands for)", labels=["reason", "direction", "protocol"])
+        for (reason, dirn, proto), n in sorted(self.counters.drops.items()):
+            drops.add_metric([DROP_REASON_DESC.get(reason, str(reason)), _direction(dirn),
+                              PROTO_NAMES.get(proto, str(proto))], n)
+        yield drops
         snap = self.snapshot()
         pk = CounterMetricFamily("membrane_datapath_packets", "Packets by direction, verdict "
                                  "and drop reason (per-CPU BPF counters, summed)",
