@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SHUTDOWN_TIMEOUT = 2.0
+"""On stop, requests get this long to finish; `--follow` streams never do, they are cut."""
 
 
 def to_jsonable(value: Any) -> Any:
@@ -380,7 +382,7 @@ async def start_metrics(agent: Agent, sock: socket.socket) -> web.AppRunner:
     node's namespace."""
     app = web.Application()
     app.router.add_get("/metrics", Routes(agent).metrics)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner
@@ -391,7 +393,8 @@ async def start_api(agent: Agent) -> web.AppRunner:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists():
         path.unlink()
-    runner = web.AppRunner(build_app(agent), access_log=None)
+    runner = web.AppRunner(build_app(agent), access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     old = os.umask(0o177)
     try:
