@@ -60,7 +60,7 @@ down: venv
 	$(BIN)/membrane lab down
 
 bench: install build
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 clean:
 	rm -rf build .stamp-apt

@@ -7,16 +7,20 @@
 #include "conntrack.h"
 #include "endpoint.h"
 #include "events.h"
+#include "lb.h"
 #include "maps.h"
 #include "metrics.h"
 #include "parse.h"
 #include "policy.h"
 
-/* Ingress side of an endpoint: conntrack in its ingress direction, then its ingress policy.
- * Runs in to_container, or in from_container right before bpf_redirect_peer(), which skips
- * the host veth's egress. Returns 0 to deliver or a negative drop reason. */
+/* Ingress side of an endpoint: conntrack in its ingress direction, then its ingress policy;
+ * replies of the endpoint's load-balanced connections get their frontend back. Runs in
+ * to_container, or in from_container right before bpf_redirect_peer(), which skips the host
+ * veth's egress. x: the translation a NodePort connection had on its way in (its replies are
+ * translated when they leave the backend), or NULL. Returns 0 to deliver or a negative drop
+ * reason. */
 static __always_inline int mb_ingress(struct __sk_buff *skb, const struct mb_endpoint_info *dst,
-				      struct mb_pkt *p)
+				      struct mb_pkt *p, const struct mb_lb_xlate *x)
 {
 	__u8 trace;
 	int ct = mb_ct_process(p, MB_DIR_INGRESS, skb->len, &trace);
@@ -24,9 +28,13 @@ static __always_inline int mb_ingress(struct __sk_buff *skb, const struct mb_end
 
 	if (ct < 0)
 		return ct;
+	ret = mb_lb4_rev_nat(skb, p);
+	if (ret < 0)
+		return ret;
 	ret = mb_policy_ingress(skb, dst, p, ct);
 	if (ret == 0 && ct == MB_CT_NEW) {
-		ret = mb_ct_create(p, MB_DIR_INGRESS, skb->len);
+		ret = mb_ct_create(p, MB_DIR_INGRESS, skb->len, x ? x->rev_nat : 0,
+				   x ? x->lb_flags : 0);
 		trace = MB_TRACE_NEW;
 	}
 	if (ret == 0 && dst)
@@ -55,8 +63,9 @@ static __always_inline int mb_from_arp(struct __sk_buff *skb)
 static __always_inline int mb_from_ipv4(struct __sk_buff *skb, const struct mb_ethhdr *eth)
 {
 	struct mb_endpoint_info *src, *dst;
+	struct mb_lb_xlate x = {};
 	struct mb_pkt p = {};
-	__u8 trace;
+	__u8 trace, dir;
 	int ret, ct;
 
 	ret = mb_parse_ipv4(skb, &p);
@@ -68,13 +77,31 @@ static __always_inline int mb_from_ipv4(struct __sk_buff *skb, const struct mb_e
 	if (!mb_mac_eq(eth->src, src->mac))
 		return mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, MB_DROP_INVALID_SMAC);
 
-	ct = mb_ct_process(&p, MB_DIR_EGRESS, skb->len, &trace);
+	/* Service translation first: conntrack and egress policy see the backend, as
+	 * Kubernetes requires (policy applies to the pod behind the service, at its port). */
+	ret = mb_lb4_xlate(skb, &p, skb->len, 0, &x);
+	if (ret == -MB_DROP_NO_SERVICE) {
+		mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, MB_DROP_NO_SERVICE);
+		return mb_lb4_no_backend_reply(skb);
+	}
+	if (ret < 0)
+		return mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, -ret);
+
+	/* A hairpin connection is one entry, in the direction the pod sees it arrive: its
+	 * replies leave through here and find it as the reply of the pod's ingress. */
+	dir = (x.lb_flags & MB_CT_LB_F_HAIRPIN) ? MB_DIR_INGRESS : MB_DIR_EGRESS;
+	ct = mb_ct_process(&p, dir, skb->len, &trace);
 	if (ct < 0)
 		return mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, -ct);
-	/* Service translation (load-balancing issue) goes here, before egress policy. */
-	ret = mb_policy_egress(skb, src, &p, ct);
+	/* Replies of connections translated on their way into this pod (NodePort, hairpin). */
+	ret = mb_lb4_rev_nat(skb, &p);
+	if (ret < 0)
+		return mb_drop(skb, &p, src->ep_id, MB_DIR_EGRESS, -ret);
+	/* A pod may always reach itself, also through a service. */
+	if (!(x.lb_flags & MB_CT_LB_F_HAIRPIN))
+		ret = mb_policy_egress(skb, src, &p, ct);
 	if (ret == 0 && ct == MB_CT_NEW) {
-		ret = mb_ct_create(&p, MB_DIR_EGRESS, skb->len);
+		ret = mb_ct_create(&p, dir, skb->len, x.hit ? x.rev_nat : 0, x.lb_flags);
 		trace = MB_TRACE_NEW;
 	}
 	if (ret < 0)
@@ -84,11 +111,14 @@ static __always_inline int mb_from_ipv4(struct __sk_buff *skb, const struct mb_e
 	dst = mb_endpoint_lookup(p.daddr);
 	if (!dst) {
 		mb_forwarded(skb, src->ep_id, MB_DIR_EGRESS);
+		if (p.reply && (p.lb_flags & MB_CT_LB_F_NODEPORT))
+			return mb_fib_redirect(skb, &p);
 		return TC_ACT_OK;
 	}
 
-	if (mb_redirect_peer_usable()) {
-		ret = mb_ingress(skb, dst, &p);
+	/* Hairpin packets did the pod's ingress conntrack above, and skip its policy. */
+	if (mb_redirect_peer_usable() && !((x.lb_flags | p.lb_flags) & MB_CT_LB_F_HAIRPIN)) {
+		ret = mb_ingress(skb, dst, &p, NULL);
 		if (ret < 0) {
 			/* Refused by the receiver: counted as the receiver's ingress drop. */
 			mb_forwarded(skb, src->ep_id, MB_DIR_EGRESS);
@@ -155,7 +185,7 @@ static __always_inline int mb_to_ipv4(struct __sk_buff *skb)
 	dst = mb_endpoint_lookup(p.daddr);
 	if (dst)
 		ep_id = dst->ep_id;
-	ret = mb_ingress(skb, dst, &p);
+	ret = mb_ingress(skb, dst, &p, NULL);
 	if (ret < 0)
 		return mb_drop(skb, &p, ep_id, MB_DIR_INGRESS, -ret);
 	mb_forwarded(skb, ep_id, MB_DIR_INGRESS);

@@ -95,3 +95,13 @@ static __always_inline int mb_mac_eq(const __u8 *a, const __u8 *b)
 		diff |= a[i] ^ b[i];
 	return diff == 0;
 }
+
+/* A 32-bit one's complement sum (bpf_csum_diff's result) folded into a header checksum. */
+static __always_inline __sum16 mb_csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__sum16)~s;
+}

@@ -91,7 +91,8 @@ static __always_inline void mb_ct_key_of(struct mb_ct_key *key, const struct mb_
  * negative drop reason, and in *trace the connection milestone the packet is (first reply,
  * close; MB_TRACE_NEW is the caller's once it created the entry) or 0. MB_CT_NEW creates
  * nothing: the caller decides policy first and then calls mb_ct_create, so a refused first
- * packet leaves no entry that later packets would pass as established. Sets p->reply. */
+ * packet leaves no entry that later packets would pass as established. Sets p->reply, and for
+ * a reply p->rev_nat and p->lb_flags from its entry (0 otherwise). */
 static __always_inline int mb_ct_process(struct mb_pkt *p, __u8 dir, __u32 len, __u8 *trace)
 {
 	struct mb_ct_key key = {};
@@ -100,6 +101,8 @@ static __always_inline int mb_ct_process(struct mb_pkt *p, __u8 dir, __u32 len, 
 
 	*trace = 0;
 	p->reply = 0;
+	p->rev_nat = 0;
+	p->lb_flags = 0;
 	if (!p->known_l4)
 		return -MB_DROP_CT_UNKNOWN_PROTO;
 	if (!p->tracked)
@@ -128,19 +131,25 @@ static __always_inline int mb_ct_process(struct mb_pkt *p, __u8 dir, __u32 len, 
 	e = mb_ct_find(&key, now);
 	if (e) {
 		p->reply = 1;
+		p->rev_nat = e->rev_nat;
+		p->lb_flags = e->lb_flags;
 		*trace = mb_ct_touch(e, p, 1, len, now);
 		return MB_CT_REPLY;
 	}
 	return MB_CT_NEW;
 }
 
-/* After policy allowed a MB_CT_NEW packet: 0 or a negative drop reason. */
-static __always_inline int mb_ct_create(const struct mb_pkt *p, __u8 dir, __u32 len)
+/* After policy allowed a MB_CT_NEW packet: 0 or a negative drop reason. rev_nat/lb_flags: the
+ * translation the replies this entry sees need (0: none). */
+static __always_inline int mb_ct_create(const struct mb_pkt *p, __u8 dir, __u32 len,
+					__u16 rev_nat, __u8 lb_flags)
 {
 	struct mb_ct_key key = {};
 	struct mb_ct_entry entry = {};
 
 	mb_ct_key_of(&key, p, dir);
+	entry.rev_nat = rev_nat;
+	entry.lb_flags = lb_flags;
 	entry.tx_packets = 1;
 	entry.tx_bytes = len;
 	entry.flags = mb_ct_tcp_flags(p, 0);

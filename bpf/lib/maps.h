@@ -8,6 +8,7 @@
 #include <membrane/endpoint.h>
 #include <membrane/events.h>
 #include <membrane/ipcache.h>
+#include <membrane/lb.h>
 #include <membrane/metrics.h>
 #include <membrane/policy.h>
 
@@ -111,4 +112,55 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_drop_notify SEC(".maps");
 
-/* Next issues add here: service maps. */
+/* Service load-balancing (membrane/lb.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MB_LB4_SERVICES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mb_lb4_key);
+	__type(value, struct mb_lb4_service);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb4_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MB_LB4_BACKENDS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct mb_lb4_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb4_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MB_LB4_REVNAT_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct mb_lb4_reverse_nat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb4_reverse_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MB_LB4_AFFINITY_MAX);
+	__type(key, struct mb_lb4_affinity_key);
+	__type(value, struct mb_lb4_affinity_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb4_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MB_LB4_MAGLEV_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mb_lb4_maglev_key);
+	__type(value, struct mb_lb4_maglev_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb4_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MB_LB4_REVERSE_SK_MAX);
+	__type(key, struct mb_lb4_sock_key);
+	__type(value, struct mb_lb4_sock_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb4_reverse_sk SEC(".maps");

@@ -19,6 +19,12 @@ struct mb_pkt {
 	/* What decided policy on this packet, for its events (enum mb_policy_match). */
 	__u32 cookie;
 	__u8 match;
+	__u8 l4_off;		/* offset of the L4 header in the frame */
+	/* Load-balancing: set by service translation on a new connection (stored in its
+	 * conntrack entry) and by conntrack from the entry of a reply. */
+	__u16 rev_nat;
+	__u32 backend_id;
+	__u8 lb_flags;		/* enum mb_ct_lb_flags */
 	__u8 pad[3];
 };
 
@@ -40,6 +46,7 @@ static __always_inline int mb_parse_ipv4(struct __sk_buff *skb, struct mb_pkt *p
 	p->daddr = ip.daddr;
 	p->proto = ip.protocol;
 	l4 = ETH_HLEN + (ip.ver_ihl & 0xf) * 4;
+	p->l4_off = l4;
 
 	switch (ip.protocol) {
 	case IPPROTO_TCP: {

@@ -71,6 +71,8 @@ def test_a_changed_object_is_loaded_against_the_same_maps(obj_dir: Path, node_na
     first.close()
     changed = tmp_path / "bpf_lxc.o"
     changed.write_bytes((obj_dir / "bpf_lxc.o").read_bytes() + b"\0")  # another sha256
+    (tmp_path / "bpf_host.o").write_bytes((obj_dir / "bpf_host.o").read_bytes())
+    (tmp_path / "bpf_sock.o").write_bytes((obj_dir / "bpf_sock.o").read_bytes())
     again = Datapath.open(node_name, tmp_path, PIN_ROOT)
     try:
         assert again.reused is False

@@ -13,6 +13,7 @@ enum mb_family {
 enum mb_direction {
 	MB_DIR_INGRESS = 1,
 	MB_DIR_EGRESS = 2,
+	MB_DIR_SERVICE = 3,	/* conntrack only: the service entry of a load-balanced connection */
 };
 
 /* Reserved security identities the datapath itself uses (Cilium's numbers). */

@@ -18,6 +18,8 @@ enum mb_config_flags {
 struct mb_node_config {
 	__u32 flags;		/* enum mb_config_flags */
 	__u32 drop_notify_ms;	/* at most one drop event per flow per this interval; 0: every drop */
+	__u32 maglev_size;	/* M of every Maglev table (mb_lb4_maglev), a prime */
+	__u32 pad;
 };
 
 /* Never read by the programs: the loader records which object the pinned programs came from,

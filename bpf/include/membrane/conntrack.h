@@ -23,7 +23,8 @@ struct mb_ct_key {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;		/* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP */
-	__u8 direction;		/* enum mb_direction */
+	__u8 direction;		/* enum mb_direction; MB_DIR_SERVICE: a service connection, keyed
+				 * by the frontend the client addressed, before translation */
 	__u8 family;		/* enum mb_family */
 	__u8 pad;
 };
@@ -47,5 +48,18 @@ struct mb_ct_entry {
 	__u64 rx_bytes;
 	__u32 lifetime;		/* CLOCK_BOOTTIME seconds after which the entry is expired */
 	__u16 flags;		/* enum mb_ct_flags */
-	__u16 pad;
+	/* Load-balancing: the frontend replies are translated back to (mb_lb4_reverse_nat), on
+	 * the entry of the end that sees the replies to translate: the client's egress entry for
+	 * a pod client, the backend's ingress entry for NodePort and hairpin. */
+	__u16 rev_nat;
+	__u32 backend_id;	/* MB_DIR_SERVICE entries: the backend chosen for the connection */
+	__u8 lb_flags;		/* enum mb_ct_lb_flags */
+	__u8 pad[3];
+};
+
+enum mb_ct_lb_flags {
+	/* A pod reaching itself through a service: its source is MB_LB_HAIRPIN_IP. */
+	MB_CT_LB_F_HAIRPIN = 1 << 0,
+	/* A NodePort/external connection: replies leave through the node's FIB. */
+	MB_CT_LB_F_NODEPORT = 1 << 1,
 };

@@ -184,6 +184,7 @@ class Routes:
                 {"prefix": str(p), "identity": i} for p, i in sorted(dp.ipcache.dump().items())
             ],
             "metrics": dp.metrics.dump,
+            "lb": self.agent.services.maps_json,
             "ipblock": lambda: [
                 {"prefix": str(p), "identity": i} for p, i in sorted(dp.ipblock.dump().items())
             ],
@@ -201,6 +202,38 @@ class Routes:
             raise NotFound(f"unknown map {name!r}; known: {', '.join(sorted(dumps))}")
         return reply(await self.agent.run_dp(dumps[name]))
 
+
+    # --- services ------------------------------------------------------------------------------
+    async def upsert_services(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        unknown = set(data) - {"services"}
+        if unknown:
+            raise InputError(sorted(unknown)[0], "unknown field")
+        mgr = self.agent.services
+
+        def run() -> Any:
+            return mgr.upsert(mgr.parse(data.get("services")))
+        return reply(await self.agent.run_dp(run, op="service-upsert"))
+
+    async def delete_services(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        keys = data.get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise InputError("keys", "must be a list of NAMESPACE/NAME")
+        return reply(await self.agent.run_dp(self.agent.services.delete, keys,
+                                             op="service-delete"))
+
+    async def delete_service(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        return reply(await self.agent.run_dp(self.agent.services.delete_one, key,
+                                             op="service-delete"))
+
+    async def list_services(self, request: web.Request) -> web.Response:
+        return reply(await self.agent.run_dp(self.agent.services.listing))
+
+    async def get_service(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        return reply(await self.agent.run_dp(self.agent.services.get, key))
 
     # --- policy --------------------------------------------------------------------------------
     async def import_policies(self, request: web.Request) -> web.Response:
@@ -364,6 +397,11 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_patch("/v1/endpoints/{id}", r.patch_endpoint)
     app.router.add_delete("/v1/endpoints/{id}", r.delete_endpoint)
     app.router.add_get("/v1/bpf/{map}", r.bpf_map)
+    app.router.add_post("/v1/services", r.upsert_services)
+    app.router.add_get("/v1/services", r.list_services)
+    app.router.add_post("/v1/services/delete", r.delete_services)
+    app.router.add_get("/v1/services/{namespace}/{name}", r.get_service)
+    app.router.add_delete("/v1/services/{namespace}/{name}", r.delete_service)
     app.router.add_post("/v1/policies", r.import_policies)
     app.router.add_get("/v1/policies", r.list_policies)
     app.router.add_get("/v1/policy", r.get_policy)

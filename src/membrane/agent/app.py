@@ -13,13 +13,14 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
 from membrane.agent.flows import FlowConfig, FlowService
 from membrane.agent.policy import PolicyService
+from membrane.agent.services import ServiceManager
 from membrane.datapath import netns
 from membrane.datapath.loader import Datapath
 from membrane.datapath.netlink import Netlink, write_sysctl
@@ -31,6 +32,7 @@ from membrane.errors import Conflict, MembraneError
 from membrane.identity import LocalIdentityAllocator
 from membrane.ipcache import desired as desired_ipcache
 from membrane.labels import LabelFilter
+from membrane.loadbalancer.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +60,10 @@ class AgentConfig:
     """Size of the kernel's events ring buffer; None: as pinned, else the object's default."""
     metrics_addr: tuple[str, int] | None = None
     """Serve Prometheus metrics over TCP here (bound in the namespace the agent starts in)."""
+    maglev_size: int = MAGLEV_DEFAULT_SIZE
+    """Entries of each NodePort/external frontend's Maglev table (a prime)."""
+    devices: tuple[str, ...] = ()
+    """The node's external interfaces: NodePort and external IPs are served on them."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -83,6 +89,7 @@ class Agent:
         self.identities: LocalIdentityAllocator
         self.policy: PolicyService
         self.flows: FlowService
+        self.services: ServiceManager
 
     # --- running kernel work -----------------------------------------------------------
     async def run_dp(self, fn: Callable[..., T], *args: Any, op: str | None = None) -> T:
@@ -156,8 +163,24 @@ class Agent:
         self.identities.forget_remembered()
         self.restore_stats["ipcache_writes"] = self.reconcile_ipcache()
         self.restore_stats["policy_writes"] = self.policy.finish_loading()
+        self.setup_services()
         self.save_identities()
         log.info("node %s ready: %s", cfg.node, self.restore_stats)
+
+    def setup_services(self) -> None:
+        cfg = self.config
+        cur = self.datapath.config.get()
+        if cur.maglev_size != cfg.maglev_size:
+            self.datapath.config.put(replace(cur, maglev_size=cfg.maglev_size))
+        self.services = ServiceManager(datapath=self.datapath, state_dir=cfg.state_dir,
+                                       node_ips=self.netlink.addresses(),
+                                       maglev_size=cfg.maglev_size)
+        self.restore_stats |= self.services.load()
+        for dev in cfg.devices:
+            link = self.netlink.link(dev)
+            if link is None:
+                raise MembraneError(f"--devices: no interface {dev!r} in the node's namespace")
+            self.datapath.attach_netdev(link.ifindex)
 
     def reconcile_ipcache(self) -> int:
         want = desired_ipcache(
@@ -191,10 +214,14 @@ class Agent:
             "restore": self.restore_stats,
             "conntrack_gc_removed": self.ct_gc_removed,
             "flows": self.flows.status(),
+            "load_balancer": self.services.status(),
             "maps": {
                 m.name: {"entries": m.count(), "max_entries": m.max_entries}
                 for m in (self.datapath.endpoints, self.datapath.ipcache, self.datapath.ipblock,
                           self.datapath.policy, self.datapath.ct)
+            } | {
+                m.name: {"entries": m.count(), "max_entries": m.max_entries}
+                for m in self.datapath.lb.all()
             },
         }
 

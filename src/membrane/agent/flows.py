@@ -105,7 +105,8 @@ class FlowService:
         dp = self.agent.datapath
         cur = dp.config.get()
         dp.config.put(NodeConfigValue(
-            redirect_peer=cur.redirect_peer, trace_events=self.config.visibility,
+            redirect_peer=cur.redirect_peer, maglev_size=cur.maglev_size,
+            trace_events=self.config.visibility,
             policy_events=self.config.visibility, drop_notify_ms=self.config.drop_notify_ms,
         ))
         self._ring = dp.events()

@@ -18,6 +18,8 @@ from membrane.agent.flows import FlowConfig
 from membrane.endpoint.ipam import validate_pod_cidr
 from membrane.errors import InputError
 from membrane.flows.store import DEFAULT_CAPACITY
+from membrane.loadbalancer.maglev import DEFAULT_SIZE as MAGLEV_DEFAULT_SIZE
+from membrane.loadbalancer.maglev import SUPPORTED_SIZES, check_size
 
 
 def register(sub: Any) -> None:
@@ -49,6 +51,12 @@ def register(sub: Any) -> None:
                    help="at most one drop event per flow per interval (0: every drop)")
     p.add_argument("--no-visibility", action="store_true",
                    help="no trace or policy-verdict events (drops are still reported)")
+    p.add_argument("--maglev-table-size", type=int, default=MAGLEV_DEFAULT_SIZE,
+                   help="entries of each NodePort/external frontend's Maglev table, a prime "
+                   f"({', '.join(map(str, SUPPORTED_SIZES))})")
+    p.add_argument("--devices", action="append", default=[], metavar="IFNAME",
+                   help="the node's external interface(s): NodePort and external IPs are "
+                   "served there; repeatable")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -75,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         netns=args.netns, bpf_dir=args.bpf_dir, pin_root=args.pin_root, run_dir=args.run_dir,
         ct_gc_interval=args.ct_gc_interval, label_patterns=tuple(args.labels), flows=flows,
         events_ring_bytes=ring, metrics_addr=_addr(args.metrics_addr),
+        maglev_size=check_size(args.maglev_table_size), devices=tuple(args.devices),
     )
     run_agent(config)
     return 0

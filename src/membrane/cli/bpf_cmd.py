@@ -21,6 +21,19 @@ MAPS: dict[str, list[tuple[str, str]] | None] = {
                ("VERDICT", "verdict"), ("POLICY", "policy")],
     "metrics": [("ENDPOINT", "ep_id"), ("DIRECTION", "direction"), ("VERDICT", "verdict"),
                 ("REASON", "reason"), ("PACKETS", "packets"), ("BYTES", "bytes")],
+    "lb": None,
+}
+LB_TABLES: dict[str, list[tuple[str, str]]] = {
+    "services": [("FRONTEND", "frontend"), ("PROTO", "protocol"), ("SLOT", "slot"),
+                 ("COUNT", "count"), ("REV-NAT", "rev_nat"), ("FLAGS", "flags"),
+                 ("BACKEND-ID", "backend_id")],
+    "backends": [("ID", "id"), ("ADDRESS", "address"), ("PROTO", "protocol"),
+                 ("STATE", "state")],
+    "reverse_nat": [("REV-NAT", "rev_nat"), ("FRONTEND", "frontend")],
+    "maglev": [("REV-NAT", "rev_nat"), ("ENTRIES", "entries")],
+    "affinity": [("CLIENT", "client"), ("REV-NAT", "rev_nat"), ("BACKEND-ID", "backend_id"),
+                 ("LAST-USED", "last_used")],
+    "reverse_sk": [("COOKIE", "cookie"), ("BACKEND", "backend"), ("FRONTEND", "frontend")],
 }
 
 
@@ -45,6 +58,15 @@ def list_(args: argparse.Namespace) -> int:
             raise InputError("endpoint id", f"{args.endpoint!r} is not a number")
         path += f"?endpoint={args.endpoint}"
     rows = Client.for_node(args.node).get(path)
+    if args.map_name == "lb":
+        if args.output == "json":
+            emit(rows, "json")
+            return 0
+        for name, cols in LB_TABLES.items():
+            print(f"{name}:")
+            emit(rows[name], "table", cols)
+            print()
+        return 0
     columns = MAPS[args.map_name]
     if columns is None and rows:
         columns = [(k.upper(), k) for k in rows[0]]

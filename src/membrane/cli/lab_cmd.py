@@ -42,8 +42,9 @@ def register(sub: Any) -> None:
     for name, func in (("apply", cmd_apply), ("delete", cmd_delete)):
         v = verb(name, f"{name} Kubernetes objects from YAML", func)
         v.add_argument("-f", "--filename", required=True, help="YAML file ('-' for stdin)")
-    g = verb("get", "list pods or namespaces", cmd_get)
-    g.add_argument("what", choices=("pods", "namespaces", "pod", "namespace", "po", "ns"))
+    g = verb("get", "list pods, namespaces or services", cmd_get)
+    g.add_argument("what", choices=("pods", "namespaces", "services", "pod", "namespace",
+                                    "service", "po", "ns", "svc"))
     g.add_argument("-o", "--output", choices=("table", "json"), default="table")
     lb = verb("label", "set (k=v) or remove (k-) labels, like kubectl label --overwrite", cmd_label)
     lb.add_argument("kind", choices=("pod", "pods", "namespace", "namespaces", "ns"))
@@ -55,6 +56,9 @@ def register(sub: Any) -> None:
     pr.add_argument("--from", dest="sources", action="append", help="NS/POD (repeatable)")
     pr.add_argument("--to", dest="targets", action="append", help="NS/POD (repeatable)")
     pr.add_argument("--timeout", type=float, default=1.0, help="seconds per attempt")
+    pr.add_argument("--service", action="store_true",
+                    help="reach each destination pod through its service s-NS-POD (the "
+                    "Kubernetes e2e model's naming) instead of its address")
     pr.add_argument("-o", "--output", choices=("table", "json"), default="table")
     ex = verb("exec", "run a command inside a pod", cmd_exec)
     ex.add_argument("pod", help="NS/POD")
@@ -112,8 +116,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    what = {"pod": "pods", "po": "pods", "ns": "namespaces", "namespace": "namespaces"}.get(
-        args.what, args.what)
+    what = {"pod": "pods", "po": "pods", "ns": "namespaces", "namespace": "namespaces",
+            "service": "services", "svc": "services"}.get(args.what, args.what)
     items = _runtime(args.name).get(f"/v1/{what}")
     if args.output == "json":
         emit_json({"apiVersion": "v1", "kind": "List", "items": items})
@@ -124,6 +128,18 @@ def cmd_get(args: argparse.Namespace) -> int:
                 for i in items]
         print(table(rows, [("NAMESPACE", "ns"), ("NAME", "name"), ("IP", "ip"),
                            ("LABELS", "labels")]))
+    elif what == "services":
+        rows = [{"ns": i["metadata"]["namespace"], "name": i["metadata"]["name"],
+                 "type": i["spec"]["type"], "ip": i["spec"]["clusterIP"],
+                 "ext": ",".join(i["spec"].get("externalIPs", [])) or "<none>",
+                 "ports": ",".join(
+                     f"{p['port']}{':' + str(p['nodePort']) if p.get('nodePort') else ''}"
+                     f"/{p['protocol']}" for p in i["spec"]["ports"]),
+                 "endpoints": ",".join(i.get("endpoints", [])) or "<none>"}
+                for i in items]
+        print(table(rows, [("NAMESPACE", "ns"), ("NAME", "name"), ("TYPE", "type"),
+                           ("CLUSTER-IP", "ip"), ("EXTERNAL-IP", "ext"), ("PORT(S)", "ports"),
+                           ("ENDPOINTS", "endpoints")]))
     else:
         rows = [{"name": i["metadata"]["name"], "labels": i["metadata"].get("labels", {})}
                 for i in items]
@@ -162,7 +178,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise InputError("--timeout", "must be positive")
     result = _runtime(args.name).post("/v1/probe", {
         "port": args.port, "protocol": args.protocol, "from": args.sources,
-        "to": args.targets, "timeout": args.timeout,
+        "to": args.targets, "timeout": args.timeout, "service": args.service,
     })
     if args.output == "json":
         emit_json(result)

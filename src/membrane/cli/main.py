@@ -15,6 +15,7 @@ from membrane.cli import (
     lab_cmd,
     observe_cmd,
     policy_cmd,
+    service_cmd,
     status_cmd,
 )
 from membrane.errors import MembraneError
@@ -30,8 +31,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="membrane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (agent_cmd, status_cmd, endpoint_cmd, policy_cmd, bpf_cmd, observe_cmd,
-                   lab_cmd):
+    for module in (agent_cmd, status_cmd, endpoint_cmd, policy_cmd, service_cmd, bpf_cmd,
+                   observe_cmd, lab_cmd):
         module.register(sub)
     return parser
 

@@ -21,6 +21,7 @@ class Family(IntEnum):
 class Direction(IntEnum):
     INGRESS = 1
     EGRESS = 2
+    SERVICE = 3
 
 
 class Verdict(IntEnum):
@@ -136,6 +137,22 @@ POLICY_MAX = 65536
 POLICY_RANGES_MAX = 16384
 METRICS_MAX = 65536
 
+LB4_SERVICES_MAX = 262144
+LB4_BACKENDS_MAX = 65536
+LB4_REVNAT_MAX = 65536
+LB4_AFFINITY_MAX = 65536
+LB4_MAGLEV_MAX = 1048576
+LB4_REVERSE_SK_MAX = 65536
+LB_HAIRPIN_IP = 0xA9FE2A01
+LB_F_AFFINITY = 1 << 0
+LB_F_MAGLEV = 1 << 1
+LB_F_NODEPORT = 1 << 2
+LB_F_EXTERNAL = 1 << 3
+LB_BACKEND_ACTIVE = 0
+LB_BACKEND_TERMINATING = 1
+CT_LB_F_HAIRPIN = 1 << 0
+CT_LB_F_NODEPORT = 1 << 1
+
 
 class EndpointKey(Structure):
     """struct mb_endpoint_key (membrane/endpoint.h)."""
@@ -235,7 +252,10 @@ class CTEntryC(Structure):
         ("rx_bytes", c_uint64),
         ("lifetime", c_uint32),
         ("flags", c_uint16),
-        ("pad", c_uint16),
+        ("rev_nat", c_uint16),
+        ("backend_id", c_uint32),
+        ("lb_flags", c_uint8),
+        ("pad", c_uint8 * 3),
     ]
 
 
@@ -260,7 +280,8 @@ class MetricsValue(Structure):
 class NodeConfig(Structure):
     """struct mb_node_config (membrane/config.h)."""
 
-    _fields_ = [("flags", c_uint32), ("drop_notify_ms", c_uint32)]
+    _fields_ = [("flags", c_uint32), ("drop_notify_ms", c_uint32), ("maglev_size", c_uint32),
+                ("pad", c_uint32)]
 
 
 class EventC(Structure):
@@ -363,7 +384,87 @@ class SkBuff(Structure):
     ]
 
 
+class LB4Key(Structure):
+    """struct mb_lb4_key (membrane/lb.h)."""
+
+    _fields_ = [("address", c_uint32), ("dport", c_uint16), ("slot", c_uint16),
+                ("proto", c_uint8), ("scope", c_uint8), ("pad", c_uint8 * 2)]
+
+
+class LB4Service(Structure):
+    """struct mb_lb4_service (membrane/lb.h)."""
+
+    _fields_ = [("backend_id", c_uint32), ("count", c_uint16), ("rev_nat", c_uint16),
+                ("affinity_timeout", c_uint32), ("flags", c_uint8), ("pad", c_uint8 * 3)]
+
+
+class LB4Backend(Structure):
+    """struct mb_lb4_backend (membrane/lb.h)."""
+
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("proto", c_uint8),
+                ("state", c_uint8)]
+
+
+class LB4ReverseNat(Structure):
+    """struct mb_lb4_reverse_nat (membrane/lb.h)."""
+
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("pad", c_uint16)]
+
+
+class LB4AffinityKey(Structure):
+    """struct mb_lb4_affinity_key (membrane/lb.h)."""
+
+    _fields_ = [("client", c_uint32), ("rev_nat", c_uint16), ("pad", c_uint16)]
+
+
+class LB4AffinityValue(Structure):
+    """struct mb_lb4_affinity_value (membrane/lb.h)."""
+
+    _fields_ = [("backend_id", c_uint32), ("last_used", c_uint32)]
+
+
+class LB4MaglevKey(Structure):
+    """struct mb_lb4_maglev_key (membrane/lb.h)."""
+
+    _fields_ = [("rev_nat", c_uint32), ("index", c_uint32)]
+
+
+class LB4MaglevValue(Structure):
+    """struct mb_lb4_maglev_value (membrane/lb.h)."""
+
+    _fields_ = [("backend_id", c_uint32)]
+
+
+class LB4SockKey(Structure):
+    """struct mb_lb4_sock_key (membrane/lb.h)."""
+
+    _fields_ = [("cookie", ctypes.c_uint64), ("address", c_uint32), ("port", c_uint16),
+                ("pad", c_uint16)]
+
+
+class LB4SockValue(Structure):
+    """struct mb_lb4_sock_value (membrane/lb.h)."""
+
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("rev_nat", c_uint16)]
+
+
+class U32Key(Structure):
+    """A bare __u32 key (backend ids, rev_nat indexes)."""
+
+    _fields_ = [("id", c_uint32)]
+
+
 ABI_STRUCTS: dict[str, type[Structure]] = {
+    "struct mb_lb4_key": LB4Key,
+    "struct mb_lb4_service": LB4Service,
+    "struct mb_lb4_backend": LB4Backend,
+    "struct mb_lb4_reverse_nat": LB4ReverseNat,
+    "struct mb_lb4_affinity_key": LB4AffinityKey,
+    "struct mb_lb4_affinity_value": LB4AffinityValue,
+    "struct mb_lb4_maglev_key": LB4MaglevKey,
+    "struct mb_lb4_maglev_value": LB4MaglevValue,
+    "struct mb_lb4_sock_key": LB4SockKey,
+    "struct mb_lb4_sock_value": LB4SockValue,
     "struct mb_endpoint_key": EndpointKey,
     "struct mb_endpoint_info": EndpointInfo,
     "struct mb_ipcache_key": IPCacheKey,
@@ -417,6 +518,21 @@ ABI_CONSTANTS: dict[str, int] = {
     "MB_IPCACHE_MAX": IPCACHE_MAX,
     "MB_CT_MAX": CT_MAX,
     "MB_METRICS_MAX": METRICS_MAX,
+    "MB_LB4_SERVICES_MAX": LB4_SERVICES_MAX,
+    "MB_LB4_BACKENDS_MAX": LB4_BACKENDS_MAX,
+    "MB_LB4_REVNAT_MAX": LB4_REVNAT_MAX,
+    "MB_LB4_AFFINITY_MAX": LB4_AFFINITY_MAX,
+    "MB_LB4_MAGLEV_MAX": LB4_MAGLEV_MAX,
+    "MB_LB4_REVERSE_SK_MAX": LB4_REVERSE_SK_MAX,
+    "MB_LB_HAIRPIN_IP": LB_HAIRPIN_IP,
+    "MB_LB_F_AFFINITY": LB_F_AFFINITY,
+    "MB_LB_F_MAGLEV": LB_F_MAGLEV,
+    "MB_LB_F_NODEPORT": LB_F_NODEPORT,
+    "MB_LB_F_EXTERNAL": LB_F_EXTERNAL,
+    "MB_LB_BACKEND_ACTIVE": LB_BACKEND_ACTIVE,
+    "MB_LB_BACKEND_TERMINATING": LB_BACKEND_TERMINATING,
+    "MB_CT_LB_F_HAIRPIN": CT_LB_F_HAIRPIN,
+    "MB_CT_LB_F_NODEPORT": CT_LB_F_NODEPORT,
 }
 
 

@@ -1,4 +1,5 @@
-"""Thin typed ctypes binding of libbpf 1.1 (`libbpf.so.1`): objects, maps, programs, tc, test runs.
+"""Thin typed ctypes binding of libbpf 1.1 (`libbpf.so.1`): objects, maps, programs, tc, cgroups,
+test runs.
 
 Only what membrane uses is bound. libbpf 1.x returns `-errno` from int functions and NULL (with
 errno set) from pointer functions; every failure here raises `DatapathError` naming what failed,
@@ -45,6 +46,14 @@ BPF_NOEXIST = 1
 BPF_EXIST = 2
 # bpf_func_id (uapi)
 BPF_FUNC_redirect_peer = 155
+# enum bpf_attach_type (uapi) of the cgroup socket-LB hooks, and BPF_PROG_ATTACH flags
+BPF_CGROUP_INET4_CONNECT = 10
+BPF_CGROUP_UDP4_SENDMSG = 14
+BPF_CGROUP_UDP4_RECVMSG = 19
+BPF_CGROUP_INET4_GETPEERNAME = 29
+BPF_F_ALLOW_OVERRIDE = 1 << 0
+BPF_F_ALLOW_MULTI = 1 << 1
+BPF_F_REPLACE = 1 << 2
 
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 
@@ -109,6 +118,31 @@ class BpfObjInfoHead(Structure):
     _fields_ = [("type", c_uint32), ("id", c_uint32)]
 
 
+class BpfProgAttachOpts(Structure):
+    """struct bpf_prog_attach_opts (bpf.h, libbpf 1.1)."""
+
+    _fields_ = [("sz", c_size_t), ("flags", c_uint), ("replace_prog_fd", c_int)]
+
+
+class BpfProgInfo(Structure):
+    """The first fields of struct bpf_prog_info (uapi bpf.h), up to its name."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("tag", ctypes.c_char * 8),
+        ("jited_prog_len", c_uint32),
+        ("xlated_prog_len", c_uint32),
+        ("jited_prog_insns", c_uint64),
+        ("xlated_prog_insns", c_uint64),
+        ("load_time", c_uint64),
+        ("created_by_uid", c_uint32),
+        ("nr_map_ids", c_uint32),
+        ("map_ids", c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
 class BpfMapInfo(Structure):
     """The first fields of struct bpf_map_info (uapi bpf.h); the kernel accepts a prefix."""
 
@@ -160,6 +194,10 @@ def _load() -> ctypes.CDLL:
         "bpf_tc_attach": ([vp, vp], i),
         "bpf_tc_detach": ([vp, vp], i),
         "bpf_tc_query": ([vp, vp], i),
+        "bpf_prog_attach_opts": ([i, i, c_int, vp], i),
+        "bpf_prog_detach2": ([i, i, c_int], i),
+        "bpf_prog_query": ([i, c_int, u32, POINTER(u32), POINTER(u32), POINTER(u32)], i),
+        "bpf_prog_get_fd_by_id": ([u32], i),
     }
     for name, (argtypes, restype) in sigs.items():
         fn = getattr(lib, name)
@@ -516,3 +554,55 @@ def tc_query(ifindex: int, attach_point: int, handle: int, priority: int) -> int
         return None
     _check(ret, f"query tc {_point(attach_point)} on ifindex {ifindex}")
     return int(opts.prog_id)
+
+
+# --- cgroup programs ------------------------------------------------------------------------------
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0, *,
+                replace_prog_fd: int | None = None, what: str = "") -> None:
+    """BPF_PROG_ATTACH (e.g. a cgroup program to a cgroup directory fd). With BPF_F_REPLACE
+    (and BPF_F_ALLOW_MULTI), `replace_prog_fd` is swapped for `prog_fd` atomically."""
+    opts = BpfProgAttachOpts(sz=ctypes.sizeof(BpfProgAttachOpts), flags=flags,
+                             replace_prog_fd=replace_prog_fd or 0)
+    _check(_lib.bpf_prog_attach_opts(prog_fd, target_fd, attach_type, ctypes.byref(opts)),
+           f"attach program fd {prog_fd} to {what or f'fd {target_fd}'} "
+           f"(attach type {attach_type})")
+
+
+def prog_detach(prog_fd: int, target_fd: int, attach_type: int, what: str = "") -> bool:
+    """BPF_PROG_DETACH of exactly this program; False when it was not attached there."""
+    ret = _lib.bpf_prog_detach2(prog_fd, target_fd, attach_type)
+    if _errno_of(ret) == errno.ENOENT:
+        return False
+    _check(ret, f"detach program fd {prog_fd} from {what or f'fd {target_fd}'} "
+                f"(attach type {attach_type})")
+    return True
+
+
+def prog_query(target_fd: int, attach_type: int, what: str = "") -> list[int]:
+    """Ids of the programs attached directly to the target (not inherited), in run order."""
+    count = 16
+    while True:
+        ids = (c_uint32 * count)()
+        n = c_uint32(count)
+        attach_flags = c_uint32(0)
+        ret = _lib.bpf_prog_query(target_fd, attach_type, 0, ctypes.byref(attach_flags), ids,
+                                  ctypes.byref(n))
+        if _errno_of(ret) == errno.ENOSPC:
+            count = max(n.value, count * 2)
+            continue
+        _check(ret, f"query programs of {what or f'fd {target_fd}'} (attach type {attach_type})")
+        return [int(ids[i]) for i in range(n.value)]
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    """Open a loaded program by id; the caller owns (and closes) the fd."""
+    return _check(_lib.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
+
+
+def prog_name(fd: int) -> str:
+    """The program's name as loaded (the kernel keeps the first 15 characters)."""
+    info = BpfProgInfo()
+    size = c_uint32(ctypes.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           f"info of program fd {fd}")
+    return bytes(info.name).decode(errors="replace")

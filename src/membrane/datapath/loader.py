@@ -1,4 +1,7 @@
-"""Load bpf_lxc.o once per node, pin its maps and programs, attach them to endpoint veths.
+"""Load the BPF objects once per node, pin their maps and programs, attach them.
+
+bpf_lxc.o serves endpoint veths, bpf_host.o the node's external interface, bpf_sock.o the
+node's cgroup (socket-LB); they share every map (pinned by name).
 
 Pins live under `<pin_root>/<node>/` (maps) and `<pin_root>/<node>/progs/` (programs). The kernel
 state outlives the agent: on open, pinned maps are reused as they are, and pinned programs are
@@ -10,6 +13,7 @@ and its programs replace the pinned ones; attached veths keep the old programs u
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -21,6 +25,7 @@ from membrane.datapath.maps.config import MetaMap, NodeConfigMap
 from membrane.datapath.maps.ct import CTMap
 from membrane.datapath.maps.endpoints import EndpointMap
 from membrane.datapath.maps.ipcache import IPCacheMap
+from membrane.datapath.maps.lb import LBMaps
 from membrane.datapath.maps.metrics import MetricsMap
 from membrane.datapath.maps.policy import PolicyMaps
 from membrane.errors import DatapathError
@@ -29,10 +34,22 @@ log = logging.getLogger(__name__)
 
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "membrane"
-OBJECT = "bpf_lxc.o"
 PROG_FROM = "mb_from_container"
 PROG_TO = "mb_to_container"
-PROGRAMS = (PROG_FROM, PROG_TO)
+PROG_NETDEV = "mb_from_netdev"
+# Socket-LB (bpf_sock.o): each program and the cgroup hook it is attached at.
+CGROUP_HOOKS: dict[str, int] = {
+    "mb_sock_connect4": libbpf.BPF_CGROUP_INET4_CONNECT,
+    "mb_sock_sendmsg4": libbpf.BPF_CGROUP_UDP4_SENDMSG,
+    "mb_sock_recvmsg4": libbpf.BPF_CGROUP_UDP4_RECVMSG,
+    "mb_sock_getpeername4": libbpf.BPF_CGROUP_INET4_GETPEERNAME,
+}
+OBJECTS: dict[str, tuple[str, ...]] = {
+    "bpf_lxc.o": (PROG_FROM, PROG_TO),
+    "bpf_host.o": (PROG_NETDEV,),
+    "bpf_sock.o": tuple(CGROUP_HOOKS),
+}
+PROGRAMS = tuple(p for progs in OBJECTS.values() for p in progs)
 # Our filters' fixed place on every veth, so attach replaces exactly our own filter.
 TC_HANDLE = 0x6D62
 TC_PRIORITY = 1
@@ -79,6 +96,7 @@ class Datapath:
         self._config = NodeConfigMap.from_pin(str(pin_dir / "mb_config"))
         self._meta = MetaMap.from_pin(str(pin_dir / "mb_meta"))
         self._events_lost = EventsLostMap.from_pin(str(pin_dir / "mb_events_lost"))
+        self._lb = LBMaps(pin_dir)
         self._events: EventRing | None = None
         self._progs = {name: libbpf.obj_get(str(pin_dir / "progs" / name)) for name in PROGRAMS}
         self._prog_ids = {name: libbpf.obj_id(fd) for name, fd in self._progs.items()}
@@ -90,10 +108,11 @@ class Datapath:
         """events_ring_bytes sizes the events ring (a power of two, at least a page); a
         pinned ring of another size is replaced (its unread events are lost)."""
         _check_bpffs(pin_root)
-        obj_path = Path(obj_dir) / OBJECT
-        if not obj_path.is_file():
-            raise DatapathError(f"BPF object {obj_path} is missing: run `make build`")
-        digest = _sha256(obj_path)
+        obj_paths = [Path(obj_dir) / name for name in OBJECTS]
+        for obj_path in obj_paths:
+            if not obj_path.is_file():
+                raise DatapathError(f"BPF object {obj_path} is missing: run `make build`")
+        digest = hashlib.sha256(b"".join(_sha256(p) for p in obj_paths)).digest()
         pin_dir = Path(pin_root) / node
         progs_dir = pin_dir / "progs"
         try:
@@ -106,7 +125,13 @@ class Datapath:
             (progs_dir / p).exists() for p in PROGRAMS
         )
         if not reused:
-            cls._load(obj_path, pin_dir, digest, events_ring_bytes)
+            for obj_path in obj_paths:
+                cls._load(obj_path, pin_dir, events_ring_bytes)
+            meta = MetaMap.from_pin(str(pin_dir / "mb_meta"))
+            try:
+                meta.set_digest(digest)
+            finally:
+                meta.close()
         dp = cls(node=node, pin_dir=pin_dir, reused=reused)
         try:
             dp._config.set(redirect_peer=redirect_peer_supported())
@@ -114,7 +139,7 @@ class Datapath:
             dp.close()
             raise
         log.info("datapath of node %s %s from %s", node,
-                 "reused pinned programs" if reused else "loaded", obj_path)
+                 "reused pinned programs" if reused else "loaded", obj_dir)
         return dp
 
     @staticmethod
@@ -129,8 +154,7 @@ class Datapath:
             meta.close()
 
     @staticmethod
-    def _load(obj_path: Path, pin_dir: Path, digest: bytes,
-              events_ring_bytes: int | None = None) -> None:
+    def _load(obj_path: Path, pin_dir: Path, events_ring_bytes: int | None = None) -> None:
         obj = libbpf.BpfObject(str(obj_path))
         try:
             for name in obj.map_names():
@@ -145,7 +169,7 @@ class Datapath:
                     f"{e} (if a pinned map under {pin_dir} no longer matches the object, remove "
                     "the node's pins: `membrane lab down` or Datapath.remove_pins)"
                 ) from e
-            for prog in PROGRAMS:
+            for prog in OBJECTS[obj_path.name]:
                 final = pin_dir / "progs" / prog
                 # bpffs refuses names with a dot (reserved for its own files).
                 tmp = final.with_name(f"{prog}_new")
@@ -153,11 +177,6 @@ class Datapath:
                     tmp.unlink()
                 libbpf.obj_pin(obj.prog_fd(prog), str(tmp))
                 os.replace(tmp, final)  # atomic on bpffs: never a moment without a pin
-            meta = MetaMap.from_pin(str(pin_dir / "mb_meta"))
-            try:
-                meta.set_digest(digest)
-            finally:
-                meta.close()
         finally:
             obj.close()
 
@@ -181,6 +200,10 @@ class Datapath:
     @property
     def ct(self) -> CTMap:
         return self._ct
+
+    @property
+    def lb(self) -> LBMaps:
+        return self._lb
 
     @property
     def metrics(self) -> MetricsMap:
@@ -219,6 +242,13 @@ class Datapath:
         libbpf.tc_attach(ifindex, libbpf.BPF_TC_EGRESS, self._progs[PROG_TO], TC_HANDLE,
                          TC_PRIORITY)
 
+    def attach_netdev(self, ifindex: int) -> None:
+        """Attach from_netdev at tc ingress of the node's external interface (NodePort and
+        external IPs), in the calling thread's namespace. Idempotent."""
+        libbpf.tc_hook_create(ifindex)
+        libbpf.tc_attach(ifindex, libbpf.BPF_TC_INGRESS, self._progs[PROG_NETDEV], TC_HANDLE,
+                         TC_PRIORITY)
+
     def is_attached(self, ifindex: int) -> bool:
         """Whether exactly this datapath's programs are attached at both hooks."""
         ing = libbpf.tc_query(ifindex, libbpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY)
@@ -231,11 +261,76 @@ class Datapath:
         b = libbpf.tc_detach(ifindex, libbpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY)
         return a or b
 
+    # --- cgroup (socket-LB) --------------------------------------------------------------------
+    def attach_cgroup(self, path: Path) -> None:
+        """Attach the socket-LB programs to a cgroup v2 directory: sockets of its processes and
+        of its descendants connect and send to a backend when they address a frontend.
+
+        BPF_F_ALLOW_MULTI, so other programs on the cgroup keep running and sub-cgroups may add
+        their own. Idempotent: this datapath's program already there is left alone; a membrane
+        program of an earlier load (same name) is swapped for it atomically (BPF_F_REPLACE), so
+        sockets are never without socket-LB during an upgrade. The root of a cgroup2 hierarchy
+        is refused: it holds every process of the machine."""
+        fd = _open_cgroup(path)
+        try:
+            for name, hook in CGROUP_HOOKS.items():
+                self._attach_hook(fd, path, name, hook)
+        finally:
+            os.close(fd)
+
+    def _attach_hook(self, cg_fd: int, path: Path, name: str, hook: int) -> None:
+        what = f"cgroup {path}"
+        ours = self._prog_ids[name]
+        named = _named_progs(cg_fd, hook, name, what)
+        stale = [i for i in named if i != ours]
+        if ours not in named:
+            replace = stale.pop(0) if stale else None
+            rfd = libbpf.prog_get_fd_by_id(replace) if replace is not None else None
+            flags = libbpf.BPF_F_ALLOW_MULTI | (libbpf.BPF_F_REPLACE if rfd is not None else 0)
+            try:
+                libbpf.prog_attach(self._progs[name], cg_fd, hook, flags, replace_prog_fd=rfd,
+                                   what=what)
+            except libbpf.BpfCallError as e:
+                if e.errno != errno.EPERM:
+                    raise
+                raise DatapathError(
+                    f"{e}: {path} has a program attached without BPF_F_ALLOW_MULTI at that "
+                    f"hook (see `bpftool cgroup show {path}`); detach it first"
+                ) from e
+            finally:
+                if rfd is not None:
+                    os.close(rfd)
+        for prog_id in stale:  # duplicates (several loads attached by hand): only ours runs
+            _detach_id(cg_fd, hook, prog_id, what)
+
+    def is_cgroup_attached(self, path: Path) -> bool:
+        """Whether this datapath's four socket-LB programs are attached to the cgroup."""
+        fd = _open_cgroup(path)
+        try:
+            return all(self._prog_ids[name] in libbpf.prog_query(fd, hook, f"cgroup {path}")
+                       for name, hook in CGROUP_HOOKS.items())
+        finally:
+            os.close(fd)
+
+    def detach_cgroup(self, path: Path) -> bool:
+        """Remove membrane's socket-LB programs (this load's or an earlier one's) from the
+        cgroup; False when none were there. Sockets already connected keep their backend."""
+        fd = _open_cgroup(path)
+        what = f"cgroup {path}"
+        detached = False
+        try:
+            for name, hook in CGROUP_HOOKS.items():
+                for prog_id in _named_progs(fd, hook, name, what):
+                    detached = _detach_id(fd, hook, prog_id, what) or detached
+        finally:
+            os.close(fd)
+        return detached
+
     # --- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
         """Close our fds; pinned maps and programs (and attached filters) stay."""
         for m in (self._endpoints, self._ipcache, self._ipblock, self._policy, self._ct,
-                  self._metrics, self._config, self._meta, self._events_lost):
+                  self._metrics, self._config, self._meta, self._events_lost, self._lb):
             m.close()
         if self._events is not None:
             self._events.close()
@@ -287,6 +382,64 @@ def _check_ring_size(path: Path, size: int | None) -> bool:
     log.info("events ring %s is %d bytes, %d asked: replacing it", path, pinned, size)
     path.unlink()
     return False
+
+
+# The machine's cgroup roots: never a place for socket-LB, whatever the mounts say.
+CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
+
+
+def _cgroup2_mounts() -> list[Path]:
+    with open("/proc/self/mounts") as f:
+        return [Path(parts[1].replace("\\040", " ")) for parts in map(str.split, f)
+                if len(parts) > 2 and parts[2] == "cgroup2"]
+
+
+def _open_cgroup(path: Path) -> int:
+    """An fd of a cgroup v2 directory below a hierarchy's root; the caller closes it."""
+    real = Path(path).resolve()
+    mounts = _cgroup2_mounts()
+    if real in CGROUP_ROOTS or real in mounts:
+        raise DatapathError(f"{path} is the root of a cgroup hierarchy, which holds every "
+                            "process of the machine: give socket-LB a cgroup of its own below it")
+    if not any(m in real.parents for m in mounts):
+        raise DatapathError(f"{path} is not a cgroup v2 directory (cgroup2 is mounted at "
+                            f"{', '.join(map(str, mounts)) or 'no place'})")
+    try:
+        return os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise DatapathError(f"cannot open cgroup {path}: {e.strerror}") from e
+
+
+def _named_progs(cg_fd: int, hook: int, name: str, what: str) -> list[int]:
+    """Ids of the programs attached to the cgroup at the hook whose name is `name` (as the
+    kernel keeps it: 15 characters): membrane's, of this load or an earlier one."""
+    ids: list[int] = []
+    for prog_id in libbpf.prog_query(cg_fd, hook, what):
+        try:
+            fd = libbpf.prog_get_fd_by_id(prog_id)
+        except libbpf.BpfCallError as e:
+            if e.errno == errno.ENOENT:  # detached and freed since the query
+                continue
+            raise
+        try:
+            if libbpf.prog_name(fd) == name[:15]:
+                ids.append(prog_id)
+        finally:
+            os.close(fd)
+    return ids
+
+
+def _detach_id(cg_fd: int, hook: int, prog_id: int, what: str) -> bool:
+    try:
+        fd = libbpf.prog_get_fd_by_id(prog_id)
+    except libbpf.BpfCallError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    try:
+        return libbpf.prog_detach(fd, cg_fd, hook, what)
+    finally:
+        os.close(fd)
 
 
 _redirect_peer: bool | None = None

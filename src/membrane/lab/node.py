@@ -36,6 +36,8 @@ WORLD_LINK = IPv4Network("192.0.2.0/24")
 NODE_WORLD_IP = IPv4Address("192.0.2.1")
 WORLD_IP = IPv4Address("192.0.2.2")
 WORLD_PREFIXES = (IPv4Network("198.51.100.0/24"), IPv4Network("203.0.113.0/24"))
+EXT_IFNAME = "mb-ext"
+"""The node's external interface (towards the world): NodePort is served there."""
 
 
 def validate_name(name: str) -> str:
@@ -170,7 +172,8 @@ def agent_argv(state: dict[str, Any]) -> list[str]:
     return [
         sys.executable, "-m", "membrane", "agent", "--node", state["name"],
         "--state-dir", str(paths.agent_state), "--pod-cidr", state["pod_cidr"],
-        "--netns", paths.node_ns, "--run-dir", str(RUN_DIR), *state.get("agent_args", []),
+        "--netns", paths.node_ns, "--run-dir", str(RUN_DIR), "--devices", EXT_IFNAME,
+        *state.get("agent_args", []),
     ]
 
 
@@ -198,12 +201,12 @@ def _build_world(paths: LabPaths, pod_cidr: IPv4Network) -> None:
     ext = NamespaceLinks(paths.ext_ns)
     node.up("lo")
     ext.up("lo")
-    node.veth_to("mb-ext", paths.ext_ns, "eth0")
-    node.add_address("mb-ext", NODE_WORLD_IP, WORLD_LINK.prefixlen)
+    node.veth_to(EXT_IFNAME, paths.ext_ns, "eth0")
+    node.add_address(EXT_IFNAME, NODE_WORLD_IP, WORLD_LINK.prefixlen)
     ext.add_address("eth0", WORLD_IP, WORLD_LINK.prefixlen)
     for prefix in WORLD_PREFIXES:
         ext.add_address("lo", prefix[1], prefix.prefixlen)
-    node.up("mb-ext")
+    node.up(EXT_IFNAME)
     ext.up("eth0")
     for prefix in WORLD_PREFIXES:
         node.add_route(prefix, WORLD_IP)

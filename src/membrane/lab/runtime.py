@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from aiohttp import web
@@ -24,11 +26,16 @@ from membrane.errors import InputError, NotFound
 from membrane.k8s.manifests import Namespace, Pod, RawObject, load_manifests
 from membrane.lab.node import LabPaths
 from membrane.lab.sockets import EchoServers, probe_one, start_echo
+from membrane.loadbalancer import parse as lbparse
+from membrane.loadbalancer.alloc import IPAllocator, NodePortAllocator, assign, unassign
+from membrane.loadbalancer.model import Service
 from membrane.policy.parse import POLICY_KINDS, parse_policy
 
 log = logging.getLogger(__name__)
 BUILTIN_NAMESPACES = ("default", "kube-system")
 METADATA_NAME = "kubernetes.io/metadata.name"
+SERVICE_CIDR = IPv4Network("10.96.0.0/16")
+"""Where the lab's ClusterIPs come from (kube-apiserver's --service-cluster-ip-range)."""
 
 
 @dataclass(slots=True)
@@ -42,6 +49,11 @@ class PodRecord:
     @property
     def ip(self) -> str:
         return str(self.endpoint["ipv4"])
+
+    def lb_record(self) -> lbparse.PodRecord:
+        """The pod as the endpoints controller sees it (its current labels)."""
+        return dataclasses.replace(lbparse.pod_record(self.pod, IPv4Address(self.ip)),
+                                   labels=dict(self.labels))
 
     def to_k8s(self) -> dict[str, Any]:
         obj = self.pod.to_k8s()
@@ -68,6 +80,12 @@ class LabRuntime:
         }
         self.pods: dict[str, PodRecord] = {}
         self.lock = asyncio.Lock()
+        # The API server's and the endpoints controller's part for Services.
+        self.service_specs: dict[str, lbparse.ServiceSpec] = {}
+        self.assigned: dict[str, Any] = {}
+        self.pushed: dict[str, Service] = {}
+        self.cluster_ips = IPAllocator(SERVICE_CIDR)
+        self.node_ports = NodePortAllocator()
 
     # --- pods ----------------------------------------------------------------------------
     async def _agent(self, method: str, path: str, body: Any = None) -> Any:
@@ -77,7 +95,8 @@ class LabRuntime:
         ns_name = self.paths.pod_ns(pod.namespace, pod.name)
         path = str(netns.ensure(ns_name))
         try:
-            echo = await start_echo(path, [(p.container_port, p.protocol) for p in pod.ports])
+            echo = await start_echo(path, [(p.container_port, p.protocol) for p in pod.ports],
+                                    pod.key)
             try:
                 ep = await self._agent("POST", "/v1/endpoints", {
                     "netns": path, "pod": pod.key, "labels": dict(pod.labels),
@@ -128,11 +147,28 @@ class LabRuntime:
         for d in docs:
             if isinstance(d, RawObject) and d.kind in POLICY_KINDS:
                 parse_policy(d)  # the agent parses again; this fails before any change
+            elif isinstance(d, RawObject) and d.kind == "Service":
+                self._check_target_ports(lbparse.parse_service(d), docs)
             elif isinstance(d, RawObject):
                 raise InputError(d.where, f"kind {d.kind} is not supported by the lab yet")
-            if isinstance(d, Pod) and d.namespace not in declared:
-                raise InputError(f"{source}: Pod {d.key}: metadata.namespace",
+            if isinstance(d, Pod | RawObject) and d.namespace is not None \
+                    and d.namespace not in declared:
+                what = f"Pod {d.key}" if isinstance(d, Pod) else f"{d.kind} {d.namespace}/{d.name}"
+                raise InputError(f"{source}: {what}: metadata.namespace",
                                  f'namespace "{d.namespace}" not found')
+
+    def _check_target_ports(self, spec: lbparse.ServiceSpec,
+                            docs: list[Namespace | Pod | RawObject]) -> None:
+        """A named targetPort must be a port name some pod of the namespace declares (the lab
+        refuses what Kubernetes would leave without backends silently)."""
+        pods = [r.pod for r in self.pods.values()] + [d for d in docs if isinstance(d, Pod)]
+        declared = {(p.name, p.protocol) for pod in pods if pod.namespace == spec.namespace
+                    for p in pod.ports if p.name}
+        for i, sp in enumerate(spec.ports):
+            if isinstance(sp.target_port, str) and (sp.target_port, sp.protocol) not in declared:
+                raise InputError(f"{spec.where}: spec.ports[{i}].targetPort",
+                                 f"no pod in namespace {spec.namespace!r} declares a "
+                                 f"{sp.protocol} port named {sp.target_port!r}")
 
     async def apply(self, text: str, source: str) -> list[str]:
         docs = load_manifests(text, source)
@@ -159,25 +195,123 @@ class LabRuntime:
                         rec.pod = d
                         await self._set_pod_labels(rec, dict(d.labels))
                     done.append(f"pod/{d.key}")
-                policies = [_raw_json(d) for d in docs if isinstance(d, RawObject)]
+                policies = [_raw_json(d) for d in docs
+                            if isinstance(d, RawObject) and d.kind in POLICY_KINDS]
                 if policies:
                     res = await self._agent("POST", "/v1/policies", {"objects": policies})
                     done += [f"policy/{k}" for k in res["imported"]]
+                specs = [lbparse.parse_service(d) for d in docs
+                         if isinstance(d, RawObject) and d.kind == "Service"]
+                await self._apply_services(specs)
+                done += [f"service/{s.key}" for s in specs]
+                await self._sync_services()
             except BaseException:
                 for key in created:
                     with contextlib.suppress(Exception):
                         await self._delete_pod(key)
+                with contextlib.suppress(Exception):
+                    await self._sync_services()
                 raise
             return done
+
+    # --- services: allocation and endpoints -------------------------------------------------
+    async def _apply_services(self, specs: list[lbparse.ServiceSpec]) -> None:
+        """Allocate and push a batch of services; all or nothing."""
+        if not specs:
+            return
+        saved = (self.cluster_ips.snapshot(), self.node_ports.snapshot(),
+                 dict(self.service_specs), dict(self.assigned))
+        try:
+            resolved = []
+            for spec in specs:
+                a = assign(spec, self.cluster_ips, self.node_ports)
+                self.service_specs[spec.key] = spec
+                self.assigned[spec.key] = a
+                resolved.append(self._resolve(spec.key))
+            await self._agent("POST", "/v1/services",
+                              {"services": [svc.to_json() for svc in resolved]})
+        except BaseException:
+            self.cluster_ips.restore(saved[0])
+            self.node_ports.restore(saved[1])
+            self.service_specs, self.assigned = saved[2], saved[3]
+            raise
+        for svc in resolved:
+            self.pushed[svc.key] = svc
+
+    def _resolve(self, key: str) -> Service:
+        spec = self.service_specs[key]
+        a = self.assigned[key]
+        return lbparse.resolve_backends(spec, [r.lb_record() for r in self.pods.values()],
+                                        cluster_ip=a.cluster_ip, node_ports=a.node_ports)
+
+    async def _sync_services(self) -> None:
+        """The endpoints controller: push every service whose backends changed."""
+        changed = []
+        for key in sorted(self.service_specs):
+            svc = self._resolve(key)
+            if self.pushed.get(key) != svc:
+                changed.append(svc)
+        if changed:
+            await self._agent("POST", "/v1/services",
+                              {"services": [svc.to_json() for svc in changed]})
+            for svc in changed:
+                self.pushed[svc.key] = svc
+
+    async def _delete_service(self, key: str) -> bool:
+        if key not in self.service_specs:
+            return False
+        with contextlib.suppress(NotFound):
+            await self._agent("DELETE", f"/v1/services/{key}")
+        del self.service_specs[key]
+        self.assigned.pop(key, None)
+        self.pushed.pop(key, None)
+        unassign(key, self.cluster_ips, self.node_ports)
+        return True
+
+    def _service_obj(self, key: str) -> dict[str, Any]:
+        spec = self.service_specs[key]
+        a = self.assigned[key]
+        ports = []
+        for sp, node_port in zip(spec.ports, a.node_ports, strict=True):
+            p: dict[str, Any] = {"port": sp.port, "protocol": sp.protocol,
+                                 "targetPort": sp.target_port}
+            if sp.name:
+                p["name"] = sp.name
+            if node_port:
+                p["nodePort"] = node_port
+            ports.append(p)
+        spec_obj: dict[str, Any] = {
+            "type": spec.type, "clusterIP": str(a.cluster_ip), "clusterIPs": [str(a.cluster_ip)],
+            "ports": ports, "sessionAffinity": "ClientIP" if spec.affinity_timeout else "None",
+        }
+        if spec.selector is not None:
+            spec_obj["selector"] = dict(spec.selector)
+        if spec.external_ips:
+            spec_obj["externalIPs"] = [str(ip) for ip in spec.external_ips]
+        if spec.affinity_timeout:
+            spec_obj["sessionAffinityConfig"] = {
+                "clientIP": {"timeoutSeconds": spec.affinity_timeout}}
+        pushed = self.pushed.get(key)
+        endpoints = sorted({f"{b.ip}:{b.port}" for p in (pushed.ports if pushed else ())
+                            for b in p.backends})
+        return {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": spec.name, "namespace": spec.namespace},
+                "spec": spec_obj, "status": {"loadBalancer": {}},
+                "endpoints": endpoints}
 
     async def delete(self, text: str, source: str) -> list[str]:
         docs = load_manifests(text, source)
         async with self.lock:
             done: list[str] = []
-            keys = [_policy_key(d) for d in docs if isinstance(d, RawObject)]
+            keys = [_policy_key(d) for d in docs
+                    if isinstance(d, RawObject) and d.kind in POLICY_KINDS]
             if keys:
                 res = await self._agent("POST", "/v1/policies/delete", {"keys": keys})
                 done += [f"policy/{k}" for k in res["deleted"]]
+            for d in docs:
+                if isinstance(d, RawObject) and d.kind == "Service" and \
+                        await self._delete_service(f"{d.namespace}/{d.name}"):
+                    done.append(f"service/{d.namespace}/{d.name}")
             for d in docs:
                 if isinstance(d, Pod) and d.key in self.pods:
                     await self._delete_pod(d.key)
@@ -186,8 +320,12 @@ class LabRuntime:
                 if isinstance(d, Namespace) and d.name not in BUILTIN_NAMESPACES:
                     for key in [k for k, r in self.pods.items() if r.pod.namespace == d.name]:
                         await self._delete_pod(key)
+                    for key in [k for k, sp in self.service_specs.items()
+                                if sp.namespace == d.name]:
+                        await self._delete_service(key)
                     if self.namespaces.pop(d.name, None) is not None:
                         done.append(f"namespace/{d.name}")
+            await self._sync_services()
             return done
 
     async def label(self, kind: str, target: str, set_: dict[str, str],
@@ -199,6 +337,7 @@ class LabRuntime:
                     raise NotFound(f'pod "{target}" not found in lab {self.paths.name}')
                 labels = {k: v for k, v in rec.labels.items() if k not in remove} | set_
                 await self._set_pod_labels(rec, labels)
+                await self._sync_services()
                 return rec.to_k8s()
             if kind == "namespace":
                 if target not in self.namespaces:
@@ -222,7 +361,9 @@ class LabRuntime:
             return [self.pods[k].to_k8s() for k in sorted(self.pods)]
         if what == "namespaces":
             return [self._ns_obj(ns) for ns in sorted(self.namespaces)]
-        raise InputError("lab get", f"{what!r}: expected pods or namespaces")
+        if what == "services":
+            return [self._service_obj(k) for k in sorted(self.service_specs)]
+        raise InputError("lab get", f"{what!r}: expected pods, namespaces or services")
 
     def _select(self, keys: list[str] | None, where: str) -> list[PodRecord]:
         if keys is None:
@@ -232,18 +373,33 @@ class LabRuntime:
             raise NotFound(f"{where}: pod {missing[0]!r} not found in lab {self.paths.name}")
         return [self.pods[k] for k in keys]
 
+    def service_of(self, pod: PodRecord, port: int, protocol: str) -> str:
+        """The ClusterIP of the pod's own service s-NS-POD serving port/protocol."""
+        ns, _, name = pod.pod.key.partition("/")
+        key = f"{ns}/s-{ns}-{name}"
+        spec = self.service_specs.get(key)
+        if spec is None:
+            raise NotFound(f"--service: pod {pod.pod.key} has no service {key} (declare one "
+                           "per destination pod, named s-NAMESPACE-POD)")
+        if not any(p.port == port and p.protocol == protocol for p in spec.ports):
+            raise NotFound(f"--service: service {key} has no port {port}/{protocol}")
+        return str(self.assigned[key].cluster_ip)
+
     async def probe(self, port: int, protocol: str, sources: list[str] | None,
-                    targets: list[str] | None, timeout: float) -> dict[str, Any]:
+                    targets: list[str] | None, timeout: float,
+                    service: bool = False) -> dict[str, Any]:
         froms = self._select(sources, "--from")
         tos = self._select(targets, "--to")
         pairs = [(f, t) for f in froms for t in tos]
+        addr = {t.pod.key: self.service_of(t, port, protocol) if service else t.ip for t in tos}
         verdicts = await asyncio.gather(
-            *(probe_one(f.netns, t.ip, port, protocol, timeout) for f, t in pairs)
+            *(probe_one(f.netns, addr[t.pod.key], port, protocol, timeout) for f, t in pairs)
         )
         return {
-            "port": port, "protocol": protocol,
+            "port": port, "protocol": protocol, "via_service": service,
             "results": [
-                {"from": f.pod.key, "to": t.pod.key, "connected": ok}
+                {"from": f.pod.key, "to": t.pod.key, "address": addr[t.pod.key],
+                 "connected": ok}
                 for (f, t), ok in zip(pairs, verdicts, strict=True)
             ],
         }
@@ -283,7 +439,7 @@ def _routes(rt: LabRuntime) -> web.Application:
     async def probe(request: web.Request) -> web.Response:
         d = await body(request)
         return reply(await rt.probe(d["port"], d["protocol"], d.get("from"), d.get("to"),
-                                    float(d.get("timeout", 1.0))))
+                                    float(d.get("timeout", 1.0)), bool(d.get("service"))))
 
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/apply", apply)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from membrane.datapath import netns
 
 log = logging.getLogger(__name__)
 PROBE_PAYLOAD = b"membrane-probe\n"
+HOSTNAME_REQUEST = b"hostname\n"
+"""Asked exactly this, an echo server answers with its pod's NS/NAME (agnhost's /hostname),
+so a client of a service can tell which backend it reached."""
 
 
 def socket_in(ns_path: str, kind: int) -> socket.socket:
@@ -28,18 +32,22 @@ def socket_in(ns_path: str, kind: int) -> socket.socket:
 
 
 class _UDPEcho(asyncio.DatagramProtocol):
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The selector loop's datagram transport does not subclass DatagramTransport in 3.11.
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.transport.sendto(data, addr)
+        self.transport.sendto(self.name if data == HOSTNAME_REQUEST else data, addr)
 
 
-async def _tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _tcp_echo(name: bytes, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
-            writer.write(data)
+            writer.write(name if data == HOSTNAME_REQUEST else data)
             await writer.drain()
     except (ConnectionError, OSError):
         pass
@@ -63,8 +71,9 @@ class EchoServers:
             t.close()
 
 
-async def start_echo(ns_path: str, ports: list[tuple[int, str]]) -> EchoServers:
+async def start_echo(ns_path: str, ports: list[tuple[int, str]], name: str = "") -> EchoServers:
     loop = asyncio.get_running_loop()
+    me = name.encode() + b"\n"
     echo = EchoServers([], [])
     try:
         for port, proto in ports:
@@ -73,11 +82,12 @@ async def start_echo(ns_path: str, ports: list[tuple[int, str]]) -> EchoServers:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(("0.0.0.0", port))
                 sock.listen(512)
-                echo.servers.append(await asyncio.start_server(_tcp_echo, sock=sock))
+                echo.servers.append(await asyncio.start_server(
+                    functools.partial(_tcp_echo, me), sock=sock))
             elif proto == "UDP":
                 sock = socket_in(ns_path, socket.SOCK_DGRAM)
                 sock.bind(("0.0.0.0", port))
-                transport, _ = await loop.create_datagram_endpoint(_UDPEcho, sock=sock)
+                transport, _ = await loop.create_datagram_endpoint(lambda: _UDPEcho(me), sock=sock)
                 echo.transports.append(transport)
             # SCTP: this kernel cannot carry it; the port is declared but not served.
     except BaseException:

@@ -25,6 +25,8 @@ class NodeConfigValue:
     """Policy verdicts of new connections of enforced endpoints into the events ring."""
     drop_notify_ms: int = 0
     """At most one drop event per flow per interval; 0: every drop (drops are always on)."""
+    maglev_size: int = 0
+    """Entries of each Maglev table (a prime); 0 until the load-balancer configures it."""
 
 
 class _Key(ctypes.Structure):
@@ -42,6 +44,7 @@ class NodeConfigMap(BpfMap[_Key, NodeConfig]):
             trace_events=bool(value.flags & CFG_F_TRACE_EVENTS),
             policy_events=bool(value.flags & CFG_F_POLICY_EVENTS),
             drop_notify_ms=int(value.drop_notify_ms),
+            maglev_size=int(value.maglev_size),
         )
 
     def put(self, value: NodeConfigValue) -> None:
@@ -50,7 +53,8 @@ class NodeConfigMap(BpfMap[_Key, NodeConfig]):
             | (CFG_F_TRACE_EVENTS if value.trace_events else 0)
             | (CFG_F_POLICY_EVENTS if value.policy_events else 0)
         )
-        self.update_c(_Key(0), NodeConfig(flags=flags, drop_notify_ms=value.drop_notify_ms))
+        self.update_c(_Key(0), NodeConfig(flags=flags, drop_notify_ms=value.drop_notify_ms,
+                                           maglev_size=value.maglev_size))
 
     def set(self, *, redirect_peer: bool) -> None:
         """Set the kernel's capability, keep the visibility settings."""
