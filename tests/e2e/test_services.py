@@ -8,8 +8,11 @@ import collections
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 from labkit import Lab, mb, pods_yaml
@@ -256,3 +259,75 @@ def test_agent_rejects_malformed_services(lab: Lab) -> None:
     assert [s["name"] for s in lab.node("service", "list")] == ["a"]
     with contextlib.suppress(Exception):
         mb("service", "delete", "default/a", *node)
+
+
+NODE_CLIENT = r"""
+import json, socket, sys
+cip, tport, uport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = {"cgroup": open("/proc/self/cgroup").read().strip()}
+t = socket.create_connection((cip, tport), timeout=3)
+t.sendall(b"hostname\n")
+out["tcp"] = {"peer": list(t.getpeername()), "who": t.recv(200).decode().strip()}
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(1)
+for _ in range(5):
+    u.sendto(b"hostname\n", (cip, uport))
+    try:
+        data, src = u.recvfrom(200)
+        break
+    except TimeoutError:
+        pass
+out["udp"] = {"from": list(src), "who": data.decode().strip()}
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.connect((cip, uport))
+out["udp_connected_peer"] = list(c.getpeername())
+print(json.dumps(out))
+"""
+
+
+def test_socket_lb_from_the_node_namespace(lab: Lab) -> None:
+    """Processes in the node's cgroup reach services through socket-LB: connect() and
+    sendmsg() go to a backend, getpeername() and recvmsg() show the frontend."""
+    lab.apply(PODS)
+    lab.apply(service_yaml("web", {"app": "be"}, [
+        {"name": "http", "port": 8080, "targetPort": 80},
+        {"name": "dns", "port": 53, "targetPort": 80, "protocol": "UDP"},
+    ]))
+    cip = services(lab)["default/web"]["spec"]["clusterIP"]
+    cgroup = json.loads(Path(f"/run/membrane/lab/{lab.name}/lab.json").read_text())["cgroup"]
+    assert Path(cgroup).is_dir() and Path(cgroup).name == f"membrane.{lab.name}"
+    assert lab.node("status")["load_balancer"]["socket_lb_cgroup"] == cgroup
+    seen = collections.Counter()
+    for _ in range(6):
+        out = json.loads(lab("exec", "node", "--", sys.executable, "-c", NODE_CLIENT, cip,
+                             "8080", "53").stdout)
+        assert out["cgroup"].endswith(f"/membrane.{lab.name}")
+        assert out["tcp"]["peer"] == [cip, 8080]
+        assert out["udp"]["from"] == [cip, 53]
+        assert out["udp_connected_peer"] == [cip, 53]
+        assert out["tcp"]["who"] in ("default/be-0", "default/be-1")
+        seen[out["tcp"]["who"]] += 1
+        seen[out["udp"]["who"]] += 1
+    assert set(seen) == {"default/be-0", "default/be-1"}  # a backend per connection
+
+    # The same program in the node namespace but outside the cgroup gets no translation.
+    plain = subprocess.run(["ip", "netns", "exec", f"mb-{lab.name}.node", sys.executable, "-c",
+                            NODE_CLIENT, cip, "8080", "53"], capture_output=True, text=True,
+                           timeout=30)
+    assert plain.returncode != 0
+
+    # A process left in the node's cgroup is ended by `lab down`, and the cgroup removed.
+    sleeper = subprocess.Popen([sys.executable, "-m", "membrane", "lab", "exec", "--name",
+                                lab.name, "node", "--", "sleep", "300"])
+    try:
+        deadline = time.monotonic() + 10
+        while not (Path(cgroup) / "cgroup.procs").read_text().split():
+            assert time.monotonic() < deadline, "lab exec node did not join the cgroup"
+            time.sleep(0.05)
+        mb("lab", "down", "--name", lab.name)
+        assert sleeper.wait(timeout=10) != 0
+        assert not Path(cgroup).exists()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()

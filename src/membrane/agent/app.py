@@ -64,6 +64,9 @@ class AgentConfig:
     """Entries of each NodePort/external frontend's Maglev table (a prime)."""
     devices: tuple[str, ...] = ()
     """The node's external interfaces: NodePort and external IPs are served on them."""
+    socket_lb_cgroup: Path | None = None
+    """A cgroup v2 directory the agent owns for the node (created if missing, never a hierarchy's
+    root): processes in it reach services through socket-LB, translated at connect()."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -181,6 +184,23 @@ class Agent:
             if link is None:
                 raise MembraneError(f"--devices: no interface {dev!r} in the node's namespace")
             self.datapath.attach_netdev(link.ifindex)
+        if cfg.socket_lb_cgroup is not None:
+            self._setup_socket_lb(cfg.socket_lb_cgroup)
+
+    def _setup_socket_lb(self, path: Path) -> None:
+        """Create the node's cgroup below an existing cgroup2 directory and attach socket-LB.
+        Left attached when the agent stops, like the tc programs: sockets keep reaching
+        services while it restarts, and the next start swaps in its programs atomically."""
+        if not path.parent.is_dir():
+            raise MembraneError(f"--socket-lb-cgroup {path}: {path.parent} does not exist "
+                                "(give a directory inside a mounted cgroup2 hierarchy)")
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError as e:
+            raise MembraneError(f"--socket-lb-cgroup {path}: cannot create it: "
+                                f"{e.strerror}") from e
+        self.datapath.attach_cgroup(path)
+        log.info("socket-LB attached to cgroup %s", path)
 
     def reconcile_ipcache(self) -> int:
         want = desired_ipcache(
@@ -214,7 +234,9 @@ class Agent:
             "restore": self.restore_stats,
             "conntrack_gc_removed": self.ct_gc_removed,
             "flows": self.flows.status(),
-            "load_balancer": self.services.status(),
+            "load_balancer": self.services.status() | {
+                "socket_lb_cgroup": str(cfg.socket_lb_cgroup) if cfg.socket_lb_cgroup else None,
+            },
             "maps": {
                 m.name: {"entries": m.count(), "max_entries": m.max_entries}
                 for m in (self.datapath.endpoints, self.datapath.ipcache, self.datapath.ipblock,

@@ -57,6 +57,10 @@ def register(sub: Any) -> None:
     p.add_argument("--devices", action="append", default=[], metavar="IFNAME",
                    help="the node's external interface(s): NodePort and external IPs are "
                    "served there; repeatable")
+    p.add_argument("--socket-lb-cgroup", type=Path, metavar="DIR",
+                   help="a cgroup v2 directory the agent owns for the node (created if "
+                   "missing; never a hierarchy's root): sockets of processes in it reach "
+                   "services through socket-LB, translated at connect() and sendmsg()")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         ct_gc_interval=args.ct_gc_interval, label_patterns=tuple(args.labels), flows=flows,
         events_ring_bytes=ring, metrics_addr=_addr(args.metrics_addr),
         maglev_size=check_size(args.maglev_table_size), devices=tuple(args.devices),
+        socket_lb_cgroup=args.socket_lb_cgroup,
     )
     run_agent(config)
     return 0

@@ -60,8 +60,9 @@ def register(sub: Any) -> None:
                     help="reach each destination pod through its service s-NS-POD (the "
                     "Kubernetes e2e model's naming) instead of its address")
     pr.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    ex = verb("exec", "run a command inside a pod", cmd_exec)
-    ex.add_argument("pod", help="NS/POD")
+    ex = verb("exec", "run a command inside a pod, or on the node (in its namespace and "
+              "socket-LB cgroup)", cmd_exec)
+    ex.add_argument("pod", help="NS/POD, or node")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     verb("demo", "bring up the talk's tiny web farm and show its connectivity", cmd_demo)
     verb("runtime", "run the lab runtime (started by lab up)", cmd_runtime, hidden=True)
@@ -191,16 +192,31 @@ def cmd_exec(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise InputError("lab exec", "no command given (membrane lab exec NS/POD -- CMD ...)")
-    if "/" not in args.pod:
-        raise InputError("lab exec", f"{args.pod!r}: expected NS/POD")
-    ns, pod = args.pod.split("/", 1)
-    path = Path("/run/netns") / LabPaths(node.validate_name(args.name)).pod_ns(ns, pod)
-    if not path.exists():
-        raise NotFound(f'pod "{args.pod}" not found in lab {args.name}')
+    paths = LabPaths(node.validate_name(args.name))
+    cgroup: Path | None = None
+    if args.pod == "node":
+        state = node.load_state(paths)
+        path = Path("/run/netns") / paths.node_ns
+        cgroup = Path(state["cgroup"]) if state.get("cgroup") else None
+        if cgroup is None or not cgroup.is_dir():
+            raise MembraneError(f"lab {args.name} has no socket-LB cgroup (made by an older "
+                                "membrane: `membrane lab down` and up again)")
+    elif "/" in args.pod:
+        ns, pod = args.pod.split("/", 1)
+        path = Path("/run/netns") / paths.pod_ns(ns, pod)
+        if not path.exists():
+            raise NotFound(f'pod "{args.pod}" not found in lab {args.name}')
+    else:
+        raise InputError("lab exec", f"{args.pod!r}: expected NS/POD or node")
     from membrane.datapath import netns
 
+    def enter() -> None:
+        netns.preexec_enter(str(path))
+        if cgroup is not None:  # the node's processes: socket-LB translates their connect()
+            (cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
     try:
-        return subprocess.call(cmd, preexec_fn=lambda: netns.preexec_enter(str(path)))
+        return subprocess.call(cmd, preexec_fn=enter)
     except FileNotFoundError:
         raise MembraneError(f"lab exec: command not found: {cmd[0]}") from None
 

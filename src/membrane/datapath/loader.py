@@ -388,7 +388,8 @@ def _check_ring_size(path: Path, size: int | None) -> bool:
 CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
 
 
-def _cgroup2_mounts() -> list[Path]:
+def cgroup2_mounts() -> list[Path]:
+    """Where cgroup2 hierarchies are mounted, in mount order."""
     with open("/proc/self/mounts") as f:
         return [Path(parts[1].replace("\\040", " ")) for parts in map(str.split, f)
                 if len(parts) > 2 and parts[2] == "cgroup2"]
@@ -397,7 +398,7 @@ def _cgroup2_mounts() -> list[Path]:
 def _open_cgroup(path: Path) -> int:
     """An fd of a cgroup v2 directory below a hierarchy's root; the caller closes it."""
     real = Path(path).resolve()
-    mounts = _cgroup2_mounts()
+    mounts = cgroup2_mounts()
     if real in CGROUP_ROOTS or real in mounts:
         raise DatapathError(f"{path} is the root of a cgroup hierarchy, which holds every "
                             "process of the machine: give socket-LB a cgroup of its own below it")

@@ -7,6 +7,7 @@ removes it all, also after a `lab up` that failed half-way.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -38,6 +39,18 @@ WORLD_IP = IPv4Address("192.0.2.2")
 WORLD_PREFIXES = (IPv4Network("198.51.100.0/24"), IPv4Network("203.0.113.0/24"))
 EXT_IFNAME = "mb-ext"
 """The node's external interface (towards the world): NodePort is served there."""
+
+
+def cgroup_root() -> Path:
+    """The cgroup2 hierarchy lab nodes' cgroups go in: /sys/fs/cgroup/unified on a hybrid
+    machine, /sys/fs/cgroup on a unified one."""
+    from membrane.datapath.loader import cgroup2_mounts
+
+    mounts = cgroup2_mounts()
+    if not mounts:
+        raise MembraneError("no cgroup2 hierarchy is mounted (socket-LB needs one)")
+    preferred = [m for m in mounts if m in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))]
+    return (preferred or mounts)[0]
 
 
 def validate_name(name: str) -> str:
@@ -78,6 +91,11 @@ class LabPaths:
     @property
     def ext_ns(self) -> str:
         return f"mb-{self.name}.ext"
+
+    @property
+    def node_cgroup(self) -> Path:
+        """The node's socket-LB cgroup (the agent creates it; `lab down` removes it)."""
+        return cgroup_root() / f"membrane.{self.name}"
 
     def pod_ns(self, namespace: str, pod: str) -> str:
         return f"mb-{self.name}.{namespace}.{pod}"
@@ -133,6 +151,38 @@ def _stop_process(pid: int | None, marker: str, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def remove_cgroup(path: Path, timeout: float = 5.0) -> None:
+    """End the processes in a lab's cgroup (by id: `lab exec node` put them there) and remove
+    it; its socket-LB programs go with it."""
+    procs = path / "cgroup.procs"
+    deadline = time.monotonic() + timeout
+    sig = signal.SIGTERM
+    while True:
+        try:
+            pids = [int(p) for p in procs.read_text().split()]
+        except FileNotFoundError:
+            return
+        if not pids:
+            try:
+                path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise MembraneError(f"cannot remove cgroup {path}: {e.strerror}") from e
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        if time.monotonic() > deadline - timeout / 2:
+            sig = signal.SIGKILL
+        if time.monotonic() > deadline:
+            raise MembraneError(f"cannot remove cgroup {path}: processes {pids} do not end")
+        time.sleep(0.02)
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
@@ -173,6 +223,7 @@ def agent_argv(state: dict[str, Any]) -> list[str]:
         sys.executable, "-m", "membrane", "agent", "--node", state["name"],
         "--state-dir", str(paths.agent_state), "--pod-cidr", state["pod_cidr"],
         "--netns", paths.node_ns, "--run-dir", str(RUN_DIR), "--devices", EXT_IFNAME,
+        *(["--socket-lb-cgroup", state["cgroup"]] if state.get("cgroup") else []),
         *state.get("agent_args", []),
     ]
 
@@ -234,7 +285,7 @@ def up(name: str, pod_cidr_text: str = DEFAULT_POD_CIDR,
     state: dict[str, Any] = {
         "name": name, "pod_cidr": str(pod_cidr), "namespaces": [paths.node_ns, paths.ext_ns],
         "agent_pid": None, "runtime_pid": None, "created": time.time(),
-        "agent_args": list(agent_args or []),
+        "agent_args": list(agent_args or []), "cgroup": str(paths.node_cgroup),
     }
     _save(paths, state)
     try:
@@ -269,6 +320,13 @@ def down(name: str) -> bool:
     # Pods first, the node last: removing the node also removes every endpoint's veth.
     for ns_name in sorted(names, key=lambda n: (n == paths.node_ns, n)):
         found |= netns.remove(ns_name)
+    cgroup = Path(state["cgroup"]) if state.get("cgroup") else None
+    if cgroup is None:
+        with contextlib.suppress(MembraneError):
+            cgroup = paths.node_cgroup
+    if cgroup is not None and cgroup.is_dir():
+        remove_cgroup(cgroup)
+        found = True
     from membrane.datapath.loader import Datapath
 
     pins = PIN_ROOT / name
