@@ -60,6 +60,7 @@ down: venv
 	$(BIN)/membrane lab down
 
 bench: install build
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 clean:

@@ -1,7 +1,8 @@
 /* Datapath events into the mb_events ring buffer (membrane/events.h): drops, rate-limited per
  * flow so that a flood cannot drown the ring; policy verdicts on new connections; and traces of
  * connection milestones (first packet, first reply, close), never one per packet. When the ring
- * is full the event is counted in mb_events_lost, so a loss is always visible. */
+ * is full the event is counted in mb_events_lost, so a loss is always visible. The reader is
+ * woken per event or, with mb_config.wakeup_bytes, only when that much is waiting. */
 #pragma once
 
 #include "ipcache.h"
@@ -19,8 +20,9 @@ static __always_inline __u32 mb_config_flags(void)
 /* A global function: verified once, whatever its many callers know. */
 __attribute__((noinline)) int mb_event_send(struct mb_event *e)
 {
+	struct mb_node_config *cfg;
+	__u64 *lost, wake = 0;
 	__u32 zero = 0;
-	__u64 *lost;
 
 	if (!e)
 		return 0;
@@ -29,7 +31,13 @@ __attribute__((noinline)) int mb_event_send(struct mb_event *e)
 		e->src_identity = mb_peer_identity(e->saddr);
 		e->dst_identity = mb_peer_identity(e->daddr);
 	}
-	if (bpf_ringbuf_output(&mb_events, e, sizeof(*e), 0) == 0)
+	/* A wake-up per event costs the reader a context switch per connection; with
+	 * wakeup_bytes set it is woken only when that much is waiting. */
+	cfg = bpf_map_lookup_elem(&mb_config, &zero);
+	if (cfg && cfg->wakeup_bytes)
+		wake = bpf_ringbuf_query(&mb_events, BPF_RB_AVAIL_DATA) >= cfg->wakeup_bytes ?
+		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&mb_events, e, sizeof(*e), wake) == 0)
 		return 1;
 	lost = bpf_map_lookup_elem(&mb_events_lost, &zero);
 	if (lost)

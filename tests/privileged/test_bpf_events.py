@@ -3,7 +3,9 @@ allowed, refused and established traffic, drop rate-limiting, and loss accountin
 
 from __future__ import annotations
 
+import ctypes
 import secrets
+import select
 import sys
 import time
 from collections.abc import Iterator
@@ -15,8 +17,15 @@ import pytest
 from bpfrun import LO, TC_ACT_OK, TC_ACT_SHOT, from_container, to_container
 from packets import ACK, ETH_P_IP, FIN, SYN, eth, icmp_echo, ipv4, tcp, udp
 
-from membrane.datapath.abi import EVENT_F_REPLY, EventType, PolicyMatch, TracePoint, Verdict
-from membrane.datapath.events import Event
+from membrane.datapath.abi import (
+    EVENT_F_REPLY,
+    EventC,
+    EventType,
+    PolicyMatch,
+    TracePoint,
+    Verdict,
+)
+from membrane.datapath.events import Event, EventRing
 from membrane.datapath.loader import Datapath
 from membrane.datapath.maps.config import NodeConfigValue
 from membrane.datapath.maps.endpoints import EndpointEntry
@@ -60,7 +69,8 @@ def setup(dp: Datapath, docs: list[dict], **config: object) -> PolicyEngine:  # 
     dp.policy.update_many(engine.all_entries().items())
     dp.endpoints.update(EndpointEntry(ip=POD_IP, ep_id=10, ifindex=LO, mac=POD_MAC,
                                       node_mac=GW_MAC, identity=POD_ID))
-    cfg = {"trace_events": True, "policy_events": True, "drop_notify_ms": 0} | config
+    cfg = {"trace_events": True, "policy_events": True, "drop_notify_ms": 0,
+           "wakeup_bytes": 0} | config
     dp.config.put(replace(dp.config.get(), **cfg))  # type: ignore[arg-type]
     dp.events().read(1 << 20)
     return engine
@@ -234,3 +244,46 @@ def test_a_pinned_ring_of_another_size_is_replaced(obj_dir: Path) -> None:
             assert len(dp.events().read()) == 1  # the reloaded programs write the new ring
     finally:
         Datapath.remove_pins(name, PIN_ROOT)
+
+
+
+def sleeper(ring: EventRing) -> select.epoll:
+    """A reader's wait on the drained ring: epoll reports the fd once its wait queue is woken,
+    whatever data the ring holds meanwhile."""
+    ring.read(1 << 16)
+    ep = select.epoll()
+    ep.register(ring.fileno(), select.EPOLLIN)
+    assert not ep.poll(0)
+    return ep
+
+
+def test_with_wakeup_bytes_the_reader_is_woken_only_when_that_much_waits(
+        datapath: Datapath) -> None:
+    dp = datapath
+    setup(dp, [])
+    ring = dp.events()
+    ports = iter(range(1, 1000))
+
+    def one() -> None:  # a new connection out of the pod: one trace event
+        out_of_pod(dp, PEER_IP, tcp(next(ports), 80, SYN))
+
+    with sleeper(ring) as ep:  # the ring's own policy: a wake-up per event
+        one()
+        assert ep.poll(0.5)
+    assert len(ring.read()) == 1
+    dp.config.put(replace(dp.config.get(), wakeup_bytes=1024))
+    with sleeper(ring) as ep:
+        one()
+        assert not ep.poll(0.3)
+        assert len(ring.read()) == 1  # not woken, but not lost
+    with sleeper(ring) as ep:
+        # Events come without a wake-up until 1 KiB waits; the next one wakes the reader.
+        sent = 0
+        while ring.pending_bytes() < 1024:
+            one()
+            sent += 1
+            assert not ep.poll(0)
+        assert sent == -(-1024 // ((ctypes.sizeof(EventC) + 8 + 7) & ~7))
+        one()
+        assert ep.poll(0.5)
+    assert len(ring.read(1 << 16)) == sent + 1

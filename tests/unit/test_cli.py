@@ -79,3 +79,12 @@ def test_agent_rejects_bad_pod_cidr(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["agent", "--node", "n", "--state-dir", "/nonexistent", "--pod-cidr", "garbage"])
     assert rc == 1
     assert "--pod-cidr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ms", ["-1", "1001"])
+def test_agent_rejects_a_flush_interval_out_of_range(capsys: pytest.CaptureFixture[str],
+                                                     ms: str) -> None:
+    rc = main(["agent", "--node", "n", "--state-dir", "/nonexistent",
+               "--pod-cidr", "10.200.0.0/16", f"--flow-flush-interval={ms}"])
+    assert rc == 1
+    assert f"--flow-flush-interval: {ms} is not in 0..1000 ms" in capsys.readouterr().err

@@ -19,7 +19,9 @@ struct mb_node_config {
 	__u32 flags;		/* enum mb_config_flags */
 	__u32 drop_notify_ms;	/* at most one drop event per flow per this interval; 0: every drop */
 	__u32 maglev_size;	/* M of every Maglev table (mb_lb4_maglev), a prime */
-	__u32 pad;
+	/* Wake the events reader only once this many bytes wait in mb_events (it drains on a timer
+	 * meanwhile); 0: the ring's own policy, a wake-up whenever the reader has caught up. */
+	__u32 wakeup_bytes;
 };
 
 /* Never read by the programs: the loader records which object the pinned programs came from,

@@ -3,6 +3,11 @@
 The ring is read on the event loop thread a bounded batch at a time (`BATCH`): its fd is
 pollable and level-triggered, so when a batch leaves events behind the loop runs every other
 ready callback (API requests, timers) before it reads the next one.
+
+The kernel does not wake the reader for every event (that is a context switch per connection,
+~20 µs of a request's latency on a small machine): with `flush_ms` set the datapath wakes it
+only when an eighth of the ring is waiting, and a timer drains the ring every `flush_ms`
+meanwhile, so a flow reaches the store at most that late when traffic is light.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class FlowConfig:
     visibility: bool = True
     """Trace and policy-verdict events; drops are always reported."""
     drop_notify_ms: int = 1000
+    flush_ms: int = 10
+    """Drain the ring at least this often; the kernel wakes the reader early only when an eighth
+    of the ring is waiting. 0: woken at every event."""
     export_path: Path | None = None
     export_max_bytes: int = 64 << 20
     export_backups: int = 3
@@ -99,17 +107,19 @@ class FlowService:
         self.monitor_lost = 0
         self._ring: EventRing | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # --- set-up (datapath thread) ------------------------------------------------------------
     def configure_datapath(self) -> None:
         dp = self.agent.datapath
         cur = dp.config.get()
+        self._ring = dp.events()
         dp.config.put(NodeConfigValue(
             redirect_peer=cur.redirect_peer, maglev_size=cur.maglev_size,
             trace_events=self.config.visibility,
             policy_events=self.config.visibility, drop_notify_ms=self.config.drop_notify_ms,
+            wakeup_bytes=self._ring.size // 8 if self.config.flush_ms else 0,
         ))
-        self._ring = dp.events()
         if self.config.export_path is not None:
             self.store.exporter = JsonlExporter(self.config.export_path,
                                                 self.config.export_max_bytes,
@@ -120,8 +130,21 @@ class FlowService:
         assert self._ring is not None, "configure_datapath() first"
         self._loop = loop
         loop.add_reader(self._ring.fileno(), self.drain)
+        if self.config.flush_ms:
+            self._timer = loop.call_later(self.config.flush_ms / 1e3, self._flush)
+
+    def _flush(self) -> None:
+        """The timer's drain: one batch, then the next turn soon if it left events behind."""
+        if self._loop is None:
+            return
+        full = self.drain() == BATCH
+        delay = 0.0 if full else self.config.flush_ms / 1e3
+        self._timer = self._loop.call_later(delay, self._flush)
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._loop is not None and self._ring is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._ring.fileno())

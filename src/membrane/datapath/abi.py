@@ -281,7 +281,7 @@ class NodeConfig(Structure):
     """struct mb_node_config (membrane/config.h)."""
 
     _fields_ = [("flags", c_uint32), ("drop_notify_ms", c_uint32), ("maglev_size", c_uint32),
-                ("pad", c_uint32)]
+                ("wakeup_bytes", c_uint32)]
 
 
 class EventC(Structure):

@@ -27,6 +27,8 @@ class NodeConfigValue:
     """At most one drop event per flow per interval; 0: every drop (drops are always on)."""
     maglev_size: int = 0
     """Entries of each Maglev table (a prime); 0 until the load-balancer configures it."""
+    wakeup_bytes: int = 0
+    """Wake the events reader only when this many bytes wait in the ring; 0: per event."""
 
 
 class _Key(ctypes.Structure):
@@ -45,6 +47,7 @@ class NodeConfigMap(BpfMap[_Key, NodeConfig]):
             policy_events=bool(value.flags & CFG_F_POLICY_EVENTS),
             drop_notify_ms=int(value.drop_notify_ms),
             maglev_size=int(value.maglev_size),
+            wakeup_bytes=int(value.wakeup_bytes),
         )
 
     def put(self, value: NodeConfigValue) -> None:
@@ -54,7 +57,8 @@ class NodeConfigMap(BpfMap[_Key, NodeConfig]):
             | (CFG_F_POLICY_EVENTS if value.policy_events else 0)
         )
         self.update_c(_Key(0), NodeConfig(flags=flags, drop_notify_ms=value.drop_notify_ms,
-                                           maglev_size=value.maglev_size))
+                                           maglev_size=value.maglev_size,
+                                           wakeup_bytes=value.wakeup_bytes))
 
     def set(self, *, redirect_peer: bool) -> None:
         """Set the kernel's capability, keep the visibility settings."""
