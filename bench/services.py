@@ -185,6 +185,13 @@ def interleaved(probe: Probe, clients: dict[str, str], targets: dict[str, str],
     return out
 
 
+def phase_medians(got: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+    """membrane's median per target in one phase, and the phase's pod-to-pod baseline."""
+    out = {t: stats(v)["median_us"] for t, v in got["membrane"].items()}
+    out["direct"] = stats(got["direct"]["pod"])["median_us"]
+    return out
+
+
 def timed(f: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     r = f()
@@ -291,8 +298,7 @@ def main() -> None:
             # membrane phase: the node as membrane runs it, no kube-proxy rules anywhere
             got = interleaved(probe, {"membrane": client_ns}, targets, direct, args.samples)
             lat["membrane"], lat["direct"] = got["membrane"], got["direct"]
-            mem_by_phase["alone"] = {t: stats(v)["median_us"] for t, v in got["membrane"].items()}
-            mem_by_phase["alone"]["direct"] = stats(got["direct"]["pod"])["median_us"]
+            mem_by_phase["alone"] = phase_medians(got)
 
             # iptables phase
             in_node(node_ns, [restore, "--noflush"], kp.iptables_jumps())
@@ -304,9 +310,7 @@ def main() -> None:
             got = interleaved(probe, {"membrane": client_ns, "iptables": node_path}, targets,
                               direct, args.samples)
             lat["iptables"] = got["iptables"]
-            mem_by_phase["iptables_loaded"] = {t: stats(v)["median_us"]
-                                               for t, v in got["membrane"].items()}
-            mem_by_phase["iptables_loaded"]["direct"] = stats(got["direct"]["pod"])["median_us"]
+            mem_by_phase["iptables_loaded"] = phase_medians(got)
             adds_i = []
             extra: list[kp.ServicePort] = []
             for k in range(args.adds):
@@ -336,9 +340,7 @@ def main() -> None:
             got = interleaved(probe, {"membrane": client_ns, "nftables": node_path}, targets,
                               direct, args.samples)
             lat["nftables"] = got["nftables"]
-            mem_by_phase["nftables_loaded"] = {t: stats(v)["median_us"]
-                                               for t, v in got["membrane"].items()}
-            mem_by_phase["nftables_loaded"]["direct"] = stats(got["direct"]["pod"])["median_us"]
+            mem_by_phase["nftables_loaded"] = phase_medians(got)
             adds_n = []
             for k in range(args.adds):
                 new = svcs.port(ADD_BASE + si * 100 + k)

@@ -44,13 +44,12 @@ EXT_IFNAME = "mb-ext"
 def cgroup_root() -> Path:
     """The cgroup2 hierarchy lab nodes' cgroups go in: /sys/fs/cgroup/unified on a hybrid
     machine, /sys/fs/cgroup on a unified one."""
-    from membrane.datapath.loader import cgroup2_mounts
+    from membrane.datapath.loader import CGROUP_ROOTS, cgroup2_mounts
 
     mounts = cgroup2_mounts()
     if not mounts:
         raise MembraneError("no cgroup2 hierarchy is mounted (socket-LB needs one)")
-    preferred = [m for m in mounts if m in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))]
-    return (preferred or mounts)[0]
+    return next((m for m in mounts if m in CGROUP_ROOTS), mounts[0])
 
 
 def validate_name(name: str) -> str:
